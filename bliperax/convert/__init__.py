@@ -1,0 +1,1 @@
+"""Parameter conversion between Hugging Face / PyTorch checkpoints and bliperax."""

@@ -1,0 +1,1 @@
+"""Host-side data: tokenizer and chat template, anyres image crops, batch assembly."""
