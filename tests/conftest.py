@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: paths to ../shared, the golden fixture, CPU-only JAX."""
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLDEN = SHARED / "golden" / "xgenmm_tiny_a"
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long test, run with --runslow")
+
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--runslow"):
+    return
+  skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+  """Returns `path`; skips the test when it is missing, fails under CI=true."""
+  if not path.exists():
+    msg = f"missing shared file {path}"
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(msg + " (CI=true: shared/ must be present)")
+    pytest.skip(msg)
+  return path
+
+
+@pytest.fixture
+def golden_dir() -> pathlib.Path:
+  return require(GOLDEN)
+
+
+@pytest.fixture
+def shared_dir() -> pathlib.Path:
+  return require(SHARED)
