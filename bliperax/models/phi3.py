@@ -1,0 +1,197 @@
+"""Phi-3 language model with xGen-MM's decoupled vocabulary, GQA, sliding window and a KV cache.
+
+Shapes: tokens int[B, T] -> embeddings [B, T, D] -> hidden [B, T, D] -> logits
+[B, T, V] with V = base_vocab + num_added (32015 for the release).
+
+Masking is by segment ids (0 = padding; packed samples get distinct ids) and by
+sequence slots (causal, plus the reference's sliding window `0 <= i - j <= window`).
+With `decode=True` every attention layer keeps a cache (collection 'cache') of keys,
+values and key segment ids for `S` slots; a call writes its `t` new tokens at
+`cache_index` and attends over all `S` slots (unwritten ones have segment 0, masked).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bliperax.models import layers
+from bliperax.models.config import Numerics, TextConfig
+
+Array = jax.Array
+
+
+class Phi3Attention(nn.Module):
+  cfg: TextConfig
+  num: Numerics
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+    """x [B, T, D], positions int[B, T], segment_ids int[B, T] -> [B, T, D]."""
+    c, num = self.cfg, self.num
+    kw = dict(use_bias=False, dtype=num.dtype, param_dtype=num.param_dtype)
+    q = layers.Dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
+                     name="q_proj", **kw)(x)
+    k = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+                     name="k_proj", **kw)(x)
+    v = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+                     name="v_proj", **kw)(x)
+    q = layers.rope(q, positions, c.rope_theta)
+    k = layers.rope(k, positions, c.rope_theta)
+
+    t = x.shape[1]
+    q_slots = jnp.arange(t)
+    k_slots, k_segments = q_slots, segment_ids
+    if self.decode:
+      k, v, k_segments, q_slots, k_slots = self._use_cache(k, v, segment_ids)
+    mask = layers.attention_mask(q_slots, k_slots, segment_ids, k_segments, causal=True,
+                                 window=c.sliding_window)
+    out = layers.dot_product_attention(q, k, v, mask, num.attention_impl)
+    return layers.Dense(c.width, ("heads", "head_dim", "embed"), contract=2, name="o_proj",
+                        **kw)(out)
+
+  def _use_cache(self, k: Array, v: Array, segment_ids: Array):
+    """Writes k, v [B, t, K, H] at the cache index; returns the whole cache and slots."""
+    initialized = self.has_variable("cache", "cached_key")
+    # At init the input's length is the cache length (S).
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    cs = self.variable("cache", "cached_segments", jnp.zeros, segment_ids.shape, jnp.int32)
+    ci = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    t = k.shape[1]
+    if not initialized:  # shape-only init call: behave like a full forward
+      return k, v, segment_ids, jnp.arange(t), jnp.arange(t)
+    idx = ci.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, idx, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, idx, 0, 0))
+    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
+    ci.value = idx + t
+    s = ck.value.shape[1]
+    return ck.value, cv.value, cs.value, idx + jnp.arange(t), jnp.arange(s)
+
+
+class Phi3MLP(nn.Module):
+  """down(up(x) · silu(gate(x))); the checkpoint fuses gate|up into one matrix."""
+  cfg: TextConfig
+  num: Numerics
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kw = dict(use_bias=False, dtype=self.num.dtype, param_dtype=self.num.param_dtype)
+    gate = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="gate_proj", **kw)(x)
+    up = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up_proj", **kw)(x)
+    return layers.Dense(self.cfg.width, ("mlp", "embed"), name="down_proj", **kw)(
+        up * jax.nn.silu(gate))
+
+
+class Phi3Block(nn.Module):
+  cfg: TextConfig
+  num: Numerics
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array):
+    kw = dict(eps=self.cfg.rms_norm_eps, dtype=self.num.dtype, param_dtype=self.num.param_dtype)
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    h = layers.RMSNorm(name="input_layernorm", **kw)(x)
+    x = x + Phi3Attention(self.cfg, self.num, self.decode, name="self_attn")(
+        h, positions, segment_ids)
+    h = layers.RMSNorm(name="post_attention_layernorm", **kw)(x)
+    x = x + Phi3MLP(self.cfg, self.num, name="mlp")(h)
+    return x, None
+
+
+class Phi3Decoder(nn.Module):
+  """The transformer stack and final norm: embeddings [B, T, D] -> hidden [B, T, D]."""
+  cfg: TextConfig
+  num: Numerics
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+    c, num = self.cfg, self.num
+    make = layers.stack_layers(Phi3Block, scan=num.scan_layers, remat_policy=num.remat_policy,
+                               length=c.depth, broadcast_args=2,
+                               variable_axes=("params", "cache"))
+    x = layers.run_layers(make, scan=num.scan_layers, length=c.depth, name="layers", x=x,
+                          args=(positions, segment_ids), cfg=c, num=num, decode=self.decode)
+    return layers.RMSNorm(c.rms_norm_eps, dtype=num.dtype, param_dtype=num.param_dtype,
+                          name="norm")(x)
+
+
+class DecoupledEmbedding(nn.Module):
+  """Ids < base_vocab read `embedding` [vocab_rows, D]; the rest read `additional_embedding`."""
+  cfg: TextConfig
+  num: Numerics
+
+  @nn.compact
+  def __call__(self, tokens: Array) -> Array:
+    c = self.cfg
+    pdtype, dtype = layers.dtype_of(self.num.param_dtype), layers.dtype_of(self.num.dtype)
+    init = nn.initializers.normal(0.02)
+    table = self.param("embedding", layers.param_with_axes(init, ("vocab", "embed")),
+                       (c.vocab_rows, c.width), pdtype)
+    x = jnp.take(table, jnp.where(tokens < c.base_vocab, tokens, 0), axis=0)
+    if c.num_added:
+      added = self.param("additional_embedding",
+                         layers.param_with_axes(init, ("added_vocab", "embed")),
+                         (c.num_added, c.width), pdtype)
+      extra = jnp.take(added, jnp.clip(tokens - c.base_vocab, 0, c.num_added - 1), axis=0)
+      x = jnp.where((tokens >= c.base_vocab)[..., None], extra, x)
+    return x.astype(dtype)
+
+
+class DecoupledHead(nn.Module):
+  """logits = [x·W[:, :base_vocab] + b[:base_vocab] ; x·W_add + b_add], float32[B, T, V].
+
+  Rows base_vocab..vocab_rows of the base head are dead (never produce a logit) but are
+  kept so checkpoints round-trip.
+  """
+  cfg: TextConfig
+  num: Numerics
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.cfg
+    pdtype, dtype = layers.dtype_of(self.num.param_dtype), layers.dtype_of(self.num.dtype)
+    init = nn.initializers.normal(0.02)
+    kernel = self.param("kernel", layers.param_with_axes(init, ("embed", "vocab")),
+                        (c.width, c.vocab_rows), pdtype)[:, :c.base_vocab]
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", layers.param_with_axes(nn.initializers.zeros, ("vocab",)),
+                        (c.vocab_rows,), pdtype)[:c.base_vocab]
+    if c.num_added:
+      add_k = self.param("additional_kernel",
+                         layers.param_with_axes(init, ("embed", "added_vocab")),
+                         (c.width, c.num_added), pdtype)
+      add_b = self.param("additional_bias",
+                         layers.param_with_axes(nn.initializers.zeros, ("added_vocab",)),
+                         (c.num_added,), pdtype)
+      kernel = jnp.concatenate([kernel, add_k], axis=1)
+      if bias is not None:
+        bias = jnp.concatenate([bias, add_b])
+    logits = jnp.einsum("btd,dv->btv", x.astype(dtype), kernel.astype(dtype),
+                        preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    return logits
+
+
+class Phi3LanguageModel(nn.Module):
+  """Embedding, decoder and head, callable separately so the VLM can splice in vision tokens."""
+  cfg: TextConfig
+  num: Numerics
+  decode: bool = False
+  head_bias: bool = True
+
+  def setup(self):
+    self.embed = DecoupledEmbedding(self.cfg, self.num)
+    self.decoder = Phi3Decoder(self.cfg, self.num, self.decode)
+    self.head = DecoupledHead(self.cfg, self.num, self.head_bias)
+
+  def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+    """Text-only forward: tokens int[B, T] -> logits float32[B, T, V]."""
+    return self.head(self.decoder(self.embed(tokens), positions, segment_ids))

@@ -1,0 +1,102 @@
+"""The xGen-MM VLM: crops -> SigLIP -> regroup -> Perceiver -> splice into text -> Phi-3 -> logits.
+
+Batch layout (static shapes; everything dynamic was computed on the host):
+  tokens        int[B, T]      ids of the expanded sequence (vision slots hold any id)
+  positions     int[B, T]      RoPE positions
+  segment_ids   int[B, T]      0 = padding; distinct ids per packed sample
+  crops         float[B, C, H, W, 3]  image crops in [-1, 1] (unused crops are zeros)
+  group_index   int[B, G, P]   per group, indices into the row's flattened crop
+                               features [C·P] (anyres regrouping, SPEC.md §3)
+  group_mask    bool[B, G, P]  key mask of each group's features (True = attend)
+  vision_slots  int[B, G·L]    slot in [0, T) that each vision token fills; T (out of
+                               range) drops the token, e.g. for padding groups
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bliperax.models.config import XGenMMConfig
+from bliperax.models.phi3 import Phi3LanguageModel
+from bliperax.models.resampler import PerceiverResampler
+from bliperax.models.siglip import SiglipVisionTower
+
+Array = jax.Array
+
+
+class XGenMM(nn.Module):
+  """The VLM. Parameters: 'vision' (SigLIP), 'resampler' (Perceiver), 'lm' (Phi-3)."""
+  config: XGenMMConfig
+  decode: bool = False
+
+  def setup(self):
+    c = self.config
+    self.vision = SiglipVisionTower(c.vision, c.numerics)
+    self.resampler = PerceiverResampler(c.resampler, c.numerics)
+    self.lm = Phi3LanguageModel(c.text, c.numerics, decode=self.decode)
+
+  def encode_images(self, crops: Array, group_index: Array, group_mask: Array) -> Array:
+    """crops [B, C, H, W, 3], group_index int[B, G, P], group_mask bool[B, G, P] -> [B, G, L, D]."""
+    b, c = crops.shape[:2]
+    feats = self.vision(crops.reshape((b * c,) + crops.shape[2:]))  # [B·C, P, Dv]
+    self.sow("intermediates", "vit_features", feats)
+    p, dv = feats.shape[1:]
+    feats = feats.reshape(b, c * p, dv)
+    grouped = jax.vmap(lambda f, i: f[i])(feats, group_index)  # [B, G, P, Dv]
+    g = group_index.shape[1]
+    grouped = grouped.reshape(b * g, p, dv)
+    mask = group_mask.reshape(b * g, p)
+    self.sow("intermediates", "resampler_inputs", grouped)
+    tokens = self.resampler(grouped, mask)  # [B·G, L, D]
+    self.sow("intermediates", "resampler_outputs", tokens)
+    return tokens.reshape((b, g) + tokens.shape[1:])
+
+  def embed(self, tokens: Array, crops: Optional[Array] = None,
+            group_index: Optional[Array] = None, group_mask: Optional[Array] = None,
+            vision_slots: Optional[Array] = None) -> Array:
+    """Text embeddings [B, T, D] with vision tokens written into their slots."""
+    x = self.lm.embed(tokens)
+    if crops is None:
+      return x
+    vis = self.encode_images(crops, group_index, group_mask)
+    b = vis.shape[0]
+    vis = vis.reshape(b, -1, vis.shape[-1]).astype(x.dtype)  # [B, G·L, D]
+    return x.at[jnp.arange(b)[:, None], vision_slots].set(vis, mode="drop")
+
+  def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
+               crops: Optional[Array] = None, group_index: Optional[Array] = None,
+               group_mask: Optional[Array] = None,
+               vision_slots: Optional[Array] = None) -> Array:
+    """Returns logits float32[B, T, V]; the final hidden state is sown as 'hidden'."""
+    x = self.embed(tokens, crops, group_index, group_mask, vision_slots)
+    hidden = self.lm.decoder(x, positions, segment_ids)
+    self.sow("intermediates", "hidden", hidden)
+    return self.lm.head(hidden)
+
+
+def dummy_inputs(cfg: XGenMMConfig, batch: int = 1, length: int = 8, crops: int = 1,
+                 groups: int = 1) -> dict:
+  """Smallest well-formed inputs (for init / shape inference), as keyword arguments."""
+  s, p = cfg.vision.image_size, cfg.vision.num_patches
+  return dict(
+      tokens=jnp.zeros((batch, length), jnp.int32),
+      positions=jnp.zeros((batch, length), jnp.int32),
+      segment_ids=jnp.ones((batch, length), jnp.int32),
+      crops=jnp.zeros((batch, crops, s, s, 3), jnp.float32),
+      group_index=jnp.zeros((batch, groups, p), jnp.int32),
+      group_mask=jnp.ones((batch, groups, p), bool),
+      vision_slots=jnp.full((batch, groups * cfg.resampler.num_latents), length, jnp.int32),
+  )
+
+
+def init_params(cfg: XGenMMConfig, rng: jax.Array) -> dict:
+  """Freshly initialised parameters (boxed with their logical axis names)."""
+  return XGenMM(cfg).init(rng, **dummy_inputs(cfg))["params"]
+
+
+def abstract_params(cfg: XGenMMConfig) -> dict:
+  """Parameter shapes and dtypes (boxed with logical axes) without allocating anything."""
+  return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
