@@ -1,0 +1,105 @@
+"""Autoregressive decoding with the KV cache: prefill the prompt, then one token per step.
+
+Prompts come left-padded (`bliperax.data.batch.collate(..., side="left")`), so every
+row's next token lands in the same cache slot. Rows that emitted an end token are
+filled with `pad_id` afterwards.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bliperax.models.config import XGenMMConfig
+from bliperax.models.xgenmm import XGenMM
+
+EOS_IDS = (32007, 32000)  # <|end|>, <|endoftext|> (SPEC.md §4)
+PAD_ID = 32011
+
+
+def init_cache(cfg: XGenMMConfig, batch: int, length: int) -> dict:
+  """Zeroed KV cache for `batch` rows of `length` slots (shapes via eval_shape)."""
+  model = XGenMM(cfg, decode=True)
+  ids = jnp.zeros((batch, length), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)["cache"])
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _forward(cfg: XGenMMConfig, params, cache, inputs):
+  logits, state = XGenMM(cfg, decode=True).apply(
+      {"params": params, "cache": cache}, **inputs, mutable=["cache"])
+  return logits[:, -1], state["cache"]
+
+
+def select_token(logits: jax.Array, rng: Optional[jax.Array], temperature: float,
+                 top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Greedy (temperature 0) or sampled next token from logits float32[B, V]."""
+  if temperature <= 0:
+    return jnp.argmax(logits, axis=-1)
+  logits = logits / temperature
+  if top_k:
+    kth = jnp.sort(logits, axis=-1)[:, -top_k][:, None]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # keep the smallest prefix whose mass reaches top_p (always the top token)
+    drop_sorted = (cum - jax.nn.softmax(sorted_logits, axis=-1)) >= top_p
+    drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
+        drop_sorted)
+    logits = jnp.where(drop, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1)
+
+
+def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
+             eos_ids: Sequence[int] = EOS_IDS, pad_id: int = PAD_ID,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             rng: Optional[jax.Array] = None,
+             on_token: Optional[Callable[[int, np.ndarray], None]] = None) -> np.ndarray:
+  """Decodes up to `max_new_tokens` after a left-padded prompt batch.
+
+  Args:
+    params: model parameters.
+    prompt: collated batch (tokens, positions, segment_ids [B, T], and the vision
+      inputs crops / group_index / group_mask / vision_slots, or without them for text).
+    on_token: called as on_token(step, tokens int[B]) after every step (streaming).
+  Returns:
+    int32[B, max_new_tokens]; after a row's end token (and after an early stop once
+    every row has ended), `pad_id`.
+  """
+  if temperature > 0 and rng is None:
+    raise ValueError("sampling (temperature > 0) needs an rng")
+  tokens = np.asarray(prompt["tokens"])
+  b, t = tokens.shape
+  cache = init_cache(cfg, b, t + max_new_tokens)
+  keys = ("tokens", "positions", "segment_ids", "crops", "group_index", "group_mask",
+          "vision_slots")
+  inputs = {k: jnp.asarray(prompt[k]) for k in keys if k in prompt}
+  logits, cache = _forward(cfg, params, cache, inputs)
+  position = jnp.asarray(prompt["positions"])[:, -1]
+  eos = jnp.asarray(list(eos_ids))
+  finished = np.zeros(b, bool)
+  out = []
+  for step in range(max_new_tokens):
+    key = None if rng is None else jax.random.fold_in(rng, step)
+    nxt = np.asarray(select_token(logits, key, temperature, top_k, top_p)).astype(np.int32)
+    nxt = np.where(finished, pad_id, nxt)
+    out.append(nxt)
+    if on_token is not None:
+      on_token(step, nxt)
+    finished |= np.isin(nxt, np.asarray(eos))
+    if finished.all() or step == max_new_tokens - 1:
+      break
+    position = position + 1
+    step_inputs = dict(tokens=jnp.asarray(nxt)[:, None], positions=position[:, None],
+                       segment_ids=jnp.ones((b, 1), jnp.int32))
+    logits, cache = _forward(cfg, params, cache, step_inputs)
+  tokens_out = np.full((b, max_new_tokens), pad_id, np.int32)
+  tokens_out[:, :len(out)] = np.stack(out, axis=1)
+  return tokens_out

@@ -1,0 +1,1 @@
+"""Training: losses, optimizer, state, checkpoints, the trainer loop."""
