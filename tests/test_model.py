@@ -1,0 +1,127 @@
+"""Model structure and decoding: logical axes, scan == unrolled, KV cache == recomputation."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bliperax.convert import layout
+from bliperax.data import batch as batch_lib
+from bliperax.infer import generate as generate_lib
+from bliperax.models import presets, xgenmm
+
+# float32 round-off over a few tiny layers (values of order 1): a wrong mask or a
+# wrong position changes outputs by O(0.1) and more.
+ATOL = 1e-5
+T = 48  # sequence length of the random batches (two groups of 16 latents + text)
+
+
+def _random_batch(cfg, rng, b=2, t=T, crops=2, groups=2, side="right"):
+  """A random text+vision batch with padding; vision tokens in the middle of each row."""
+  r = np.random.default_rng(rng)
+  s, p, lat = cfg.vision.image_size, cfg.vision.num_patches, cfg.resampler.num_latents
+  examples = []
+  for row in range(b):
+    n_groups = groups - row % 2  # rows differ in image count
+    n = t - 3 * row
+    text = r.integers(0, 32015, size=n - n_groups * lat).tolist()
+    text = [tok if tok not in (32012, 32013) else 7 for tok in text]
+    ids = text[:2] + [32012] + text[2:]
+    index = r.integers(0, crops * p, size=(n_groups, p)).astype(np.int32)
+    mask = r.random((n_groups, p)) > 0.3
+    vis = batch_lib.VisionInput(r.uniform(-1, 1, (crops, s, s, 3)).astype(np.float32),
+                                index, mask)
+    # one <image> expanding into all groups of this row
+    examples.append(batch_lib.expand(ids, None, [vis], lat, s))
+  return batch_lib.collate(examples, cfg, pad_id=32011, side=side, length=t,
+                           num_crops=crops, num_groups=groups)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_gqa"])
+def test_every_parameter_has_logical_axes(preset):
+  cfg = presets.get(preset, scan_layers=True)
+  boxed = xgenmm.abstract_params(cfg)
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves
+  for leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+    assert len(leaf.names) == leaf.value.ndim, (leaf.names, leaf.value.shape)
+  scanned = [l for l in leaves if "layers" in l.names]
+  assert scanned and all(l.names[0] == "layers" for l in scanned)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_gqa"])
+def test_scanned_equals_unrolled(preset):
+  cfg = presets.get(preset)
+  params = jax.device_get(layout.flatten(xgenmm.init_params(cfg, jax.random.PRNGKey(0))))
+  batch = batch_lib.model_inputs(_random_batch(cfg, 0))
+  unrolled = xgenmm.XGenMM(cfg).apply({"params": layout.unflatten(params)}, **batch)
+  scanned_cfg = cfg.with_numerics(scan_layers=True, remat_policy="full")
+  stacked = layout.unflatten(layout.stack_layers(params))
+  scanned = xgenmm.XGenMM(scanned_cfg).apply({"params": stacked}, **batch)
+  valid = batch["segment_ids"] > 0
+  np.testing.assert_allclose(np.asarray(scanned)[valid], np.asarray(unrolled)[valid],
+                             atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("preset,scan", [("tiny", False), ("tiny_gqa", False),
+                                         ("tiny_gqa", True)])
+def test_kv_cache_decoding_equals_full_recomputation(preset, scan):
+  """Greedy tokens from the cache == argmax of a full forward over prompt + tokens.
+
+  tiny_gqa has a sliding window (5) much shorter than the sequence, so the cache's
+  window mask is exercised too.
+  """
+  cfg = presets.get(preset, scan_layers=scan)
+  params = xgenmm.init_params(cfg, jax.random.PRNGKey(1))
+  params = jax.device_get(nn.meta.unbox(params))
+  prompt = _random_batch(cfg, 3, side="left")
+  new = 6
+  out = generate_lib.generate(params, cfg, prompt, new, eos_ids=(), pad_id=32011)
+  assert out.shape == (2, new)
+
+  # Full recomputation: append the generated tokens and run one non-cached forward.
+  b, t = prompt["tokens"].shape
+  full = {k: v for k, v in batch_lib.model_inputs(prompt).items()}
+  full["tokens"] = np.concatenate([prompt["tokens"], out], axis=1)
+  last = prompt["positions"][:, -1:]
+  full["positions"] = np.concatenate([prompt["positions"], last + 1 + np.arange(new)], axis=1)
+  full["segment_ids"] = np.concatenate([prompt["segment_ids"], np.ones((b, new), np.int32)], 1)
+  slots = full["vision_slots"]
+  full["vision_slots"] = np.where(slots >= t, t + new, slots)  # keep padding groups dropped
+  logits = np.asarray(xgenmm.XGenMM(cfg).apply({"params": params}, **full))
+  expected = logits[:, t - 1:t - 1 + new].argmax(-1)
+  np.testing.assert_array_equal(out, expected)
+
+  # The cached logits themselves match, not just their argmax.
+  cache = generate_lib.init_cache(cfg, b, t + new)
+  step_logits, _ = generate_lib._forward(cfg, params, cache, {
+      k: jnp.asarray(v) for k, v in batch_lib.model_inputs(prompt).items()})
+  np.testing.assert_allclose(np.asarray(step_logits), logits[:, t - 1], atol=ATOL, rtol=0)
+
+
+def test_padding_does_not_change_valid_logits():
+  """A row's logits are the same alone and in a padded batch (masks are right)."""
+  cfg = presets.get("tiny_gqa")
+  params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(2))))
+  batch = batch_lib.model_inputs(_random_batch(cfg, 5))
+  both = np.asarray(xgenmm.XGenMM(cfg).apply({"params": params}, **batch))
+  row = {k: v[1:] for k, v in batch.items()}
+  n = int(row["segment_ids"].sum())
+  alone = {k: v for k, v in row.items()}
+  alone["tokens"], alone["positions"], alone["segment_ids"] = (
+      row["tokens"][:, :n], row["positions"][:, :n], row["segment_ids"][:, :n])
+  alone["vision_slots"] = np.where(row["vision_slots"] >= T, n, row["vision_slots"])
+  single = np.asarray(xgenmm.XGenMM(cfg).apply({"params": params}, **alone))
+  np.testing.assert_allclose(both[1, :n], single[0], atol=ATOL, rtol=0)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)), jnp.float32)
+  key = jax.random.PRNGKey(0)
+  a = generate_lib.select_token(logits, key, temperature=1.0)
+  b = generate_lib.select_token(logits, key, temperature=1.0)
+  np.testing.assert_array_equal(a, b)
+  greedy = generate_lib.select_token(logits, None, temperature=0.0)
+  np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_k=1), greedy)
+  np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
