@@ -4,6 +4,13 @@ import pathlib
 
 import pytest
 
+# Tests run tiny models on 2 CPU cores, where XLA's compile time dominates: the
+# cheaper backend pipeline compiles ~3.5x faster. Set before anything imports jax.
+os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true"]).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN = SHARED / "golden" / "xgenmm_tiny_a"
