@@ -31,6 +31,9 @@ class XGenMM(nn.Module):
   """The VLM. Parameters: 'vision' (SigLIP), 'resampler' (Perceiver), 'lm' (Phi-3)."""
   config: XGenMMConfig
   decode: bool = False
+  # Stop gradients at the ViT output when the vision tower is frozen, so its backward
+  # pass is never computed (the optimizer also gives it no state and no update).
+  freeze_vision: bool = False
 
   def setup(self):
     c = self.config
@@ -42,6 +45,8 @@ class XGenMM(nn.Module):
     """crops [B, C, H, W, 3], group_index int[B, G, P], group_mask bool[B, G, P] -> [B, G, L, D]."""
     b, c = crops.shape[:2]
     feats = self.vision(crops.reshape((b * c,) + crops.shape[2:]))  # [B·C, P, Dv]
+    if self.freeze_vision:
+      feats = jax.lax.stop_gradient(feats)
     self.sow("intermediates", "vit_features", feats)
     p, dv = feats.shape[1:]
     feats = feats.reshape(b, c * p, dv)

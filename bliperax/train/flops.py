@@ -1,0 +1,73 @@
+"""Analytic FLOPs of a training step (XLA's cost analysis counts a scanned layer once).
+
+Counting multiply-adds as 2 FLOPs. For a dense layer applied to n tokens: 2·n·in·out.
+Training costs 3× the forward (forward + backward wrt activations and weights) for
+towers that train, 1× for a frozen tower behind a stop_gradient (the ViT).
+
+  ViT, per crop of P patches, per layer: 2·P·(4·D² + 2·D·F) dense + 4·P²·D attention.
+  Resampler, per group, per layer (L latents, P media keys, inner width I = heads·dh):
+    2·L·D·I (q) + 2·(P+L)·D·2I (kv) + 2·L·I·D (out) + 2·L·2·D·mult·D (ff)
+    + 4·L·(P+L)·I (scores and values); then 2·L·D·Dllm for the projection.
+  LM, per token per layer: 2·(D·(N+2K)·H + N·H·D + 3·D·F) dense, plus causal attention
+    4·H·N·w̄ with w̄ the mean number of keys a query sees (T/2 for causal, capped by
+    the sliding window); plus 2·D·V for the head.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from bliperax.models.config import XGenMMConfig
+
+# Peak dense bf16 FLOP/s per chip, for MFU.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak bf16 FLOP/s for a jax `device_kind`, None when unknown (e.g. CPU)."""
+  if device_kind in PEAK_FLOPS:
+    return PEAK_FLOPS[device_kind]
+  for name, value in PEAK_FLOPS.items():
+    if device_kind.startswith(name):
+      return value
+  return None
+
+
+def step_flops(cfg: XGenMMConfig, batch: int, seq_len: int, crops_per_row: int,
+               groups_per_row: int, vision_trainable: bool = False,
+               resampler_trainable: bool = True, lm_trainable: bool = True) -> Dict[str, float]:
+  """FLOPs of one training step on a [batch, seq_len] batch; per tower and 'total'."""
+  v, r, t = cfg.vision, cfg.resampler, cfg.text
+  p = v.num_patches
+  vit = v.depth * (2 * p * (4 * v.width ** 2 + 2 * v.width * v.mlp_dim) + 4 * p * p * v.width)
+  vit += 2 * p * 3 * v.patch_size ** 2 * v.width  # patch embedding
+  inner = r.num_heads * r.head_dim
+  lat = r.num_latents
+  res = r.depth * (2 * lat * r.width * inner + 2 * (p + lat) * r.width * 2 * inner
+                   + 2 * lat * inner * r.width + 2 * lat * 2 * r.width * r.ff_mult * r.width
+                   + 4 * lat * (p + lat) * inner)
+  res += 2 * lat * r.width * r.out_width
+  keys = seq_len / 2 if t.sliding_window is None else min(seq_len / 2, t.sliding_window + 1)
+  dense = 2 * (t.width * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
+               + t.num_heads * t.head_dim * t.width + 3 * t.width * t.mlp_dim)
+  lm = t.depth * (dense + 4 * t.head_dim * t.num_heads * keys) + 2 * t.width * t.logit_width
+  mult = lambda trains: 3.0 if trains else 1.0
+  out = {
+      "vision": mult(vision_trainable) * vit * batch * crops_per_row,
+      "resampler": mult(resampler_trainable) * res * batch * groups_per_row,
+      "lm": mult(lm_trainable) * lm * batch * seq_len,
+  }
+  out["total"] = sum(out.values())
+  return out

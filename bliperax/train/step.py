@@ -1,0 +1,92 @@
+"""The train state and one jitted training step (gradient accumulation, masked CE, optax).
+
+Loss: cross-entropy of the next token in float32, summed over the loss tokens of the
+whole global batch and divided by their global count (a row without loss tokens adds
+zero; an all-masked batch gives loss 0, never NaN). Gradient accumulation splits the
+batch into k micro-batches and sums their gradients of that same normalised loss, so
+k micro-batches equal one big batch up to float32 round-off.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from bliperax.models.xgenmm import XGenMM
+from bliperax.train import losses
+
+MODEL_KEYS = ("tokens", "positions", "segment_ids", "crops", "group_index", "group_mask",
+              "vision_slots")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32[]
+  params: Any
+  opt_state: Any
+
+
+def init_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
+               dummy: Dict[str, jax.Array]) -> TrainState:
+  """Fresh state; params keep their logical-axis boxes (for sharding), unboxed by callers."""
+  params = model.init(rng, **dummy)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(nn.meta.unbox(params)))
+
+
+def _split_micro(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
+  """[B, ...] -> [k, B/k, ...] with micro-batch j = rows j, j+k, j+2k, ...
+
+  Interleaved rather than contiguous so every device keeps an equal share of each
+  micro-batch when the batch axis is sharded in contiguous blocks.
+  """
+  def split(x):
+    b = x.shape[0]
+    if b % k:
+      raise ValueError(f"batch {b} is not divisible by {k} micro-batches")
+    return jnp.swapaxes(x.reshape((b // k, k) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
+               tx: optax.GradientTransformation, accum_steps: int,
+               lr_schedule: Callable[[jax.Array], jax.Array],
+               trainable: Any) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns the new state and scalar metrics."""
+  labels = batch["labels"]
+  count = jnp.sum(labels[:, 1:] != losses.IGNORE)
+  denom = jnp.maximum(count, 1).astype(jnp.float32)
+
+  def loss_fn(params, micro):
+    logits = model.apply({"params": params}, **{k: micro[k] for k in MODEL_KEYS})
+    nll, _ = losses.token_nll(logits, micro["labels"])
+    return jnp.sum(nll) / denom
+
+  grad_fn = jax.value_and_grad(loss_fn)
+  if accum_steps == 1:
+    loss, grads = grad_fn(state.params, batch)
+  else:
+    def body(carry, micro):
+      loss_acc, grad_acc = carry
+      loss, grads = grad_fn(state.params, micro)
+      return (loss_acc + loss, jax.tree.map(jnp.add, grad_acc, grads)), None
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                    _split_micro(batch, accum_steps))
+  grad_norm = optax.global_norm(
+      jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "learning_rate": lr_schedule(state.step),
+      "loss_tokens": count,
+      "skipped_updates": opt_state.total_notfinite,
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
