@@ -91,10 +91,52 @@ def make_mesh(sizes: Mapping[str, int], devices: Optional[Sequence[Any]] = None)
   return Mesh(grid, AXES)
 
 
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Makes `spec` valid for `shape`: every sharded dimension divisible by its axes.
+
+  A mesh axis that does not divide its dimension (e.g. SigLIP's width 1152 over an
+  fsdp axis of 256) moves to the largest other unsharded dimension it divides
+  (the resampler's 4608-wide feed-forward, say), else that axis is dropped (replicated). So any mesh works,
+  and ZeRO-style sharding is kept wherever the shapes allow it.
+  """
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  homeless = []
+  for i, entry in enumerate(entries):
+    axes = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+    kept = []
+    for axis in axes:
+      size = math.prod(mesh.shape[a] for a in kept + [axis])
+      (kept if shape[i] % size == 0 else homeless).append(axis)
+    entries[i] = None if not kept else (kept[0] if len(kept) == 1 else tuple(kept))
+  def axes_of(entry):
+    return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+
+  for axis in homeless:
+    if mesh.shape[axis] == 1:
+      continue
+    # Unsharded dimensions first (largest first), then sharing an already-sharded one.
+    order = sorted(range(len(shape)), key=lambda i: (entries[i] is not None, -shape[i]))
+    for i in order:
+      axes = axes_of(entries[i]) + (axis,)
+      if shape[i] % math.prod(mesh.shape[a] for a in axes) == 0:
+        entries[i] = axes[0] if len(axes) == 1 else axes
+        break
+  while entries and entries[-1] is None:
+    entries.pop()
+  return PartitionSpec(*entries)
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-  """NamedShardings for a tree boxed with logical axis names (`nn.LogicallyPartitioned`)."""
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  """NamedShardings for a tree boxed with logical axis names (`nn.LogicallyPartitioned`).
+
+  Specs come from the rules, then `fit_spec` adapts them to each array's shape.
+  """
+  specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+  shapes = nn.meta.unbox(abstract_tree)
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  fitted = jax.tree.map(lambda sp, x: fit_spec(sp, x.shape, mesh), specs, shapes,
+                        is_leaf=is_spec)
+  return jax.tree.map(lambda sp: NamedSharding(mesh, sp), fitted, is_leaf=is_spec)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,172 @@
+"""Compile the real training step for a TPU topology on a CPU host (libtpu compile-only path).
+
+  python tools/aot_compile.py --config=experiments/xgenmm_4b/pretrain.py --topology=v5e-256
+  python tools/aot_compile.py --config=experiments/xgenmm_14b/pretrain.py --topology=v5p-128
+  python tools/aot_compile.py --config=... --topology=v6e-256 --num_slices=2   # multi-slice
+
+Needs libtpu (`pip install -e ".[tpu]"`), no TPU: jax builds the topology's devices
+from libtpu's description, and the step is lowered with abstract, sharded inputs
+(nothing is allocated) and compiled as MaxText's train_compile.py does. Prints the
+per-chip memory breakdown (arguments, temporaries, outputs, code) and FLOPs, and as
+the last line a JSON object with `fits` (per-chip total below the chip's HBM).
+
+FLOPs: XLA's cost analysis counts a scanned layer body once, so the model FLOPs come
+from bliperax.train.flops (analytic); the compiler's own count is shown beside it.
+"""
+import json
+import os
+import re
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's host lookup
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config to compile.",
+                                          lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e-256", "TPU slice: v4-N, v5e-N, v5p-N, v6e-N.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice); "
+                                   "the config's mesh.dcn_* factors must multiply to this.")
+flags.mark_flags_as_required(["config"])
+
+GiB = 2**30
+# Per-chip HBM and the 2-D / 3-D chip grids of each generation.
+_HBM = {"v4": 32 * GiB, "v5e": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
+_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+            256: "16x16"}
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+            256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+
+
+def parse_topology(name: str) -> dict:
+  """'v5e-256' -> libtpu topology arguments, device count and HBM per chip.
+
+  v4 / v5p names count TensorCores (2 per chip, megacore: one device per chip);
+  v5e / v6e names count chips.
+  """
+  m = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", name)
+  if not m:
+    raise ValueError(f"unknown topology {name!r}; expected v4-N, v5e-N, v5p-N or v6e-N")
+  gen, n = m.group(1), int(m.group(2))
+  if gen in ("v5e", "v6e"):
+    if n not in _GRID_2D:
+      raise ValueError(f"{name}: chip count must be one of {sorted(_GRID_2D)}")
+    grid, chips, config = _GRID_2D[n], n, "default"
+    wrap = (n >= 256, n >= 128, False)
+  else:
+    chips = n // 2
+    if chips not in _GRID_3D:
+      raise ValueError(f"{name}: core count must be 2x one of {sorted(_GRID_3D)}")
+    grid, config = _GRID_3D[chips], "megacore"
+    wrap = (chips >= 64,) * 3
+  prefix = {"v4": "v4", "v5e": "v5e", "v5p": "v5", "v6e": "v6e"}[gen]
+  return dict(topology_name=f"{prefix}:{grid}", chip_config_name=config,
+              chips_per_host_bounds=(2, 2, 1), wrap=wrap, chips=chips,
+              hbm_bytes=_HBM[gen], generation=gen)
+
+
+def abstract_batch(cfg, model_cfg, mesh):
+  """ShapeDtypeStructs of one global batch, sharded over the batch axes."""
+  import jax
+  import numpy as np
+  from bliperax import sharding
+  b, t = cfg.train.global_batch, cfg.train.seq_len
+  n_img = cfg.train.get("images_per_row", 1)
+  s, p, lat = model_cfg.vision.image_size, model_cfg.vision.num_patches, (
+      model_cfg.resampler.num_latents)
+  shapes = dict(tokens=((b, t), np.int32), positions=((b, t), np.int32),
+                segment_ids=((b, t), np.int32), labels=((b, t), np.int32),
+                crops=((b, n_img, s, s, 3), np.float32),
+                group_index=((b, n_img, p), np.int32), group_mask=((b, n_img, p), np.bool_),
+                vision_slots=((b, n_img * lat), np.int32))
+  return {k: jax.ShapeDtypeStruct(shape, dtype,
+                                  sharding=sharding.batch_sharding(mesh, len(shape)))
+          for k, (shape, dtype) in shapes.items()}
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  try:
+    topo_args = parse_topology(_TOPOLOGY.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    from jax.experimental import topologies
+    import jax
+  except ImportError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  import flax.linen as nn
+  from bliperax import sharding
+  from bliperax.train import flops as flops_lib
+  from bliperax.train import trainer
+
+  try:
+    topo = topologies.get_topology_desc(
+        platform="tpu", topology_name=topo_args["topology_name"],
+        chip_config_name=topo_args["chip_config_name"],
+        chips_per_host_bounds=topo_args["chips_per_host_bounds"],
+        num_slices=_NUM_SLICES.value, wrap=topo_args["wrap"])
+  except Exception as e:  # libtpu missing or refusing the topology
+    print(f"error: cannot describe {_TOPOLOGY.value} ({e}); is libtpu installed? "
+          "pip install -e '.[tpu]'", file=sys.stderr)
+    return 2
+  devices = topo.devices
+  print(f"{_TOPOLOGY.value} x{_NUM_SLICES.value}: {len(devices)} devices "
+        f"({devices[0].device_kind})", flush=True)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  print(f"mesh {dict(mesh.shape)}", flush=True)
+  parts = trainer.setup(cfg, mesh)
+  batch = abstract_batch(cfg, parts["model_cfg"], mesh)
+  t0 = time.time()
+  with mesh, nn.logical_axis_rules(parts["rules"]):
+    lowered = trainer.jit_step(parts, mesh, batch).lower(parts["abstract_state"], batch)
+    compiled = lowered.compile()
+  compile_s = time.time() - t0
+  mem = compiled.memory_analysis()
+  args, temps = mem.argument_size_in_bytes, mem.temp_size_in_bytes
+  outs, alias, code = (mem.output_size_in_bytes, mem.alias_size_in_bytes,
+                       mem.generated_code_size_in_bytes)
+  total = args + temps + outs - alias + code  # donated outputs reuse argument buffers
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  n_img = cfg.train.get("images_per_row", 1)
+  model_flops = flops_lib.step_flops(parts["model_cfg"], cfg.train.global_batch,
+                                     cfg.train.seq_len, n_img, n_img,
+                                     vision_trainable=not trainer.vision_frozen(cfg))
+  chips = len(devices)
+  peak = flops_lib.peak_flops(devices[0].device_kind)
+  hbm = topo_args["hbm_bytes"]
+  print(f"compiled in {compile_s:.0f} s")
+  print(f"per chip: arguments {args / GiB:.2f} GiB, temporaries {temps / GiB:.2f} GiB, "
+        f"outputs {outs / GiB:.2f} GiB (aliased {alias / GiB:.2f} GiB), code "
+        f"{code / GiB:.3f} GiB -> total {total / GiB:.2f} GiB of {hbm / GiB:.0f} GiB HBM")
+  print(f"model FLOPs per step {model_flops['total']:.3e} (vision {model_flops['vision']:.2e}, "
+        f"resampler {model_flops['resampler']:.2e}, lm {model_flops['lm']:.2e}); "
+        f"compiler-counted FLOPs per chip {cost.get('flops', float('nan')):.3e}")
+  step_at_peak = model_flops["total"] / (chips * peak) if peak else None
+  result = {
+      "topology": _TOPOLOGY.value, "num_slices": _NUM_SLICES.value, "devices": chips,
+      "mesh": dict(mesh.shape), "fits": bool(total < hbm),
+      "per_chip_bytes": {"arguments": args, "temporaries": temps, "outputs": outs,
+                         "aliased": alias, "code": code, "total": total, "hbm": hbm},
+      "model_flops_per_step": model_flops["total"],
+      "compiler_flops_per_chip": cost.get("flops"),
+      "step_seconds_at_peak": step_at_peak,
+      "compile_seconds": compile_s,
+  }
+  opt = cost.get("optimal_seconds")
+  if opt and opt > 0 and peak:
+    result["mfu_at_compiler_estimate"] = model_flops["total"] / (chips * peak * opt)
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  app.run(lambda argv: sys.exit(main(argv)))
