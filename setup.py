@@ -15,6 +15,10 @@ _CORE = [
     "etils[epath]",
     "einops",
     "tqdm",
+    "msgpack",
+    "array-record",  # training shards
+    "pyarrow",  # parquet input of tools/build_shards.py
+    "grain",  # host input pipeline
 ]
 _TORCH = ["torch==2.13.0", "transformers>=4.41", "safetensors"]
 
