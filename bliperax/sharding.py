@@ -51,6 +51,7 @@ ACTIVATION_RULES: Rules = (
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
+    ("activation_vocab", None),
 )
 DEFAULT_RULES: Rules = WEIGHT_RULES + ACTIVATION_RULES
 
@@ -157,7 +158,7 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args) -
   """
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.jit(init_fn, out_shardings=shardings)(*args)
   return nn.meta.unbox(boxed)
 

@@ -124,7 +124,7 @@ def main(argv):
   parts = trainer.setup(cfg, mesh)
   batch = abstract_batch(cfg, parts["model_cfg"], mesh)
   t0 = time.time()
-  with mesh, nn.logical_axis_rules(parts["rules"]):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parts["rules"]):
     lowered = trainer.jit_step(parts, mesh, batch).lower(parts["abstract_state"], batch)
     compiled = lowered.compile()
   compile_s = time.time() - t0

@@ -25,6 +25,12 @@ from bliperax.models.resampler import PerceiverResampler
 from bliperax.models.siglip import SiglipVisionTower
 
 Array = jax.Array
+BTD = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _constrain(x: Array, axes) -> Array:
+  """Pins activations to the batch sharding (a no-op without a mesh and rules)."""
+  return nn.with_logical_constraint(x, axes)
 
 
 class XGenMM(nn.Module):
@@ -44,7 +50,9 @@ class XGenMM(nn.Module):
   def encode_images(self, crops: Array, group_index: Array, group_mask: Array) -> Array:
     """crops [B, C, H, W, 3], group_index int[B, G, P], group_mask bool[B, G, P] -> [B, G, L, D]."""
     b, c = crops.shape[:2]
-    feats = self.vision(crops.reshape((b * c,) + crops.shape[2:]))  # [B·C, P, Dv]
+    crops = _constrain(crops.reshape((b * c,) + crops.shape[2:]),
+                       ("activation_batch", None, None, None))
+    feats = self.vision(crops)  # [B·C, P, Dv]
     if self.freeze_vision:
       feats = jax.lax.stop_gradient(feats)
     self.sow("intermediates", "vit_features", feats)
@@ -52,7 +60,7 @@ class XGenMM(nn.Module):
     feats = feats.reshape(b, c * p, dv)
     grouped = jax.vmap(lambda f, i: f[i])(feats, group_index)  # [B, G, P, Dv]
     g = group_index.shape[1]
-    grouped = grouped.reshape(b * g, p, dv)
+    grouped = _constrain(grouped.reshape(b * g, p, dv), BTD)
     mask = group_mask.reshape(b * g, p)
     self.sow("intermediates", "resampler_inputs", grouped)
     tokens = self.resampler(grouped, mask)  # [B·G, L, D]
@@ -63,13 +71,14 @@ class XGenMM(nn.Module):
             group_index: Optional[Array] = None, group_mask: Optional[Array] = None,
             vision_slots: Optional[Array] = None) -> Array:
     """Text embeddings [B, T, D] with vision tokens written into their slots."""
-    x = self.lm.embed(tokens)
+    x = _constrain(self.lm.embed(tokens), BTD)
     if crops is None:
       return x
     vis = self.encode_images(crops, group_index, group_mask)
     b = vis.shape[0]
     vis = vis.reshape(b, -1, vis.shape[-1]).astype(x.dtype)  # [B, G·L, D]
-    return x.at[jnp.arange(b)[:, None], vision_slots].set(vis, mode="drop")
+    x = x.at[jnp.arange(b)[:, None], vision_slots].set(vis, mode="drop")
+    return _constrain(x, BTD)
 
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
                crops: Optional[Array] = None, group_index: Optional[Array] = None,
@@ -77,9 +86,10 @@ class XGenMM(nn.Module):
                vision_slots: Optional[Array] = None) -> Array:
     """Returns logits float32[B, T, V]; the final hidden state is sown as 'hidden'."""
     x = self.embed(tokens, crops, group_index, group_mask, vision_slots)
-    hidden = self.lm.decoder(x, positions, segment_ids)
+    hidden = _constrain(self.lm.decoder(x, positions, segment_ids), BTD)
     self.sow("intermediates", "hidden", hidden)
-    return self.lm.head(hidden)
+    return _constrain(self.lm.head(hidden),
+                      ("activation_batch", "activation_length", "activation_vocab"))
 
 
 def dummy_inputs(cfg: XGenMMConfig, batch: int = 1, length: int = 8, crops: int = 1,

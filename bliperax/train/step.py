@@ -33,10 +33,13 @@ class TrainState:
 
 def init_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
                dummy: Dict[str, jax.Array]) -> TrainState:
-  """Fresh state; params keep their logical-axis boxes (for sharding), unboxed by callers."""
+  """Fresh state, boxed with logical axis names (for sharding); callers unbox it.
+
+  The optimizer state is initialised from the boxed params so Adam's moments carry
+  the parameters' axis names and shard like them (ZeRO), instead of replicating.
+  """
   params = model.init(rng, **dummy)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(nn.meta.unbox(params)))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def _split_micro(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:

@@ -151,7 +151,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   source = make_source(cfg, parts["model_cfg"])
 
   start = ckpt.latest_step()
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     if start is not None:
       state, data_state = ckpt.restore(start, parts["abstract_state"])
       source.set_state(data_state)
@@ -172,7 +172,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   step_fn = None
   last: Dict[str, Any] = {}
   window_start, window_wait, window_steps = time.time(), 0.0, 0
-  with _Preemption() as preempt, mesh, nn.logical_axis_rules(rules):
+  with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     step = start
     while step < cfg.total_steps:
       t0 = time.time()
