@@ -7,8 +7,9 @@ before any is converted, and errors name the tensor and file.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-import logging
 import os
 import pathlib
 import shutil
@@ -20,13 +21,15 @@ import numpy as np
 import tqdm
 
 from bliperax.convert import hf_config, layout, mapping
-from bliperax.convert.safetensors_io import (FLOAT_DTYPES, INDEX_NAME, SINGLE_NAME,
-                                             CheckpointError, CheckpointReader, write_file)
+from bliperax.convert.safetensors_io import (DTYPE_NAMES, FLOAT_DTYPES, INDEX_NAME, ITEMSIZES,
+                                             SINGLE_NAME, CheckpointError, CheckpointReader,
+                                             write_file)
 from bliperax.models import xgenmm
 from bliperax.models.config import XGenMMConfig
 
 Flat = Dict[str, np.ndarray]
 _EMBED = "vlm.lang_model.model.embed_tokens.weight"
+_HEAD_BIAS = "lm/head/bias"
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -38,9 +41,24 @@ def _read_json(path: pathlib.Path) -> dict:
     raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
+@functools.lru_cache(maxsize=8)
 def _shape_map(cfg: XGenMMConfig) -> Dict[str, Tuple[int, ...]]:
+  """Parameter shapes of `cfg` in its layout; shared, do not modify.
+
+  Cached because tracing a full-size model's init takes seconds.
+  """
   flat = layout.flatten(xgenmm.abstract_params(cfg))
   return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def tensor_specs(cfg: XGenMMConfig) -> List[Tuple[str, Tuple[int, ...]]]:
+  """(HF name, HF shape) of every tensor of an xGen-MM checkpoint, in checkpoint order.
+
+  Computed from abstract shapes (`jax.eval_shape`), so a full-size model costs nothing.
+  """
+  shapes = _shape_map(cfg.with_numerics(scan_layers=False))
+  return [(r.hf, mapping.hf_shape(r, [shapes[p] for p in r.paths]))
+          for r in mapping.xgenmm_rules(cfg)]
 
 
 def check_tensors(reader: CheckpointReader, rules: List[mapping.Rule],
@@ -69,46 +87,126 @@ def check_tensors(reader: CheckpointReader, rules: List[mapping.Rule],
                             f"{list(got)}, expected {list(want)} for this config")
 
 
+class _Sink:
+  """Collects converted arrays under their final parameter paths.
+
+  Unscanned, each array is stored as given. Scanned (`nn.scan` layout), the first layer
+  of a stack allocates the whole stacked array and every layer is copied straight into
+  its slot, so stacking never needs the per-layer arrays and the stack at once (which
+  `layout.stack_layers` would, doubling peak memory on a full-size model).
+  """
+
+  def __init__(self, shapes: Dict[str, Tuple[int, ...]], scan: bool):
+    self.scan = scan
+    self.stacked = layout.stacked_shapes(shapes) if scan else {}
+    self.flat: Flat = {}
+
+  def put(self, path: str, array: np.ndarray, source: str = "") -> None:
+    split = layout.split_layer_path(path) if self.scan else None
+    if split is None:
+      self.flat[path] = np.ascontiguousarray(array)
+      return
+    key, i = split
+    buf = self.flat.get(key)
+    if buf is None:
+      buf = self.flat[key] = np.empty(self.stacked[key], array.dtype)
+    elif buf.dtype != array.dtype:
+      raise CheckpointError(
+          f"{source or path}: dtype {array.dtype} differs from {buf.dtype} of the other layers "
+          f"stacked into {key}; convert with an explicit dtype")
+    buf[i] = array
+
+
 def _convert(reader: CheckpointReader, rules: List[mapping.Rule],
-             shapes: Dict[str, Tuple[int, ...]], dtype: Optional[str], progress: bool) -> Flat:
-  """Reads and transforms one tensor at a time into a flat dict (one copy of the weights)."""
-  flat: Flat = {}
+             shapes: Dict[str, Tuple[int, ...]], dtype: Optional[str], progress: bool,
+             sink: Optional[_Sink] = None) -> Flat:
+  """Reads and transforms one tensor at a time into `sink` (one copy of the weights).
+
+  Each tensor is read into a fresh array (`CheckpointReader.read`, not the memory
+  map) and only transient per-tensor copies are made (cast, transpose), so the peak is
+  the converted weights plus about two of the largest tensor.
+  """
+  sink = sink or _Sink(shapes, scan=False)
   cast = np.dtype(jax.numpy.dtype(dtype)) if dtype else None
-  for rule in tqdm.tqdm(rules, desc="convert", unit="tensor", disable=not progress):
-    tensor = reader.get(rule.hf)  # memory-mapped; no copy yet
-    if cast is not None and tensor.dtype != cast:
-      tensor = tensor.astype(cast)
-    parts = mapping.to_params(rule, tensor, [shapes[p] for p in rule.paths])
-    for path, part in zip(rule.paths, parts):
-      flat[path] = np.array(part, order="C", copy=True)  # detach from the mmap
-  return flat
+  total = sum(int(np.prod(reader.shape(r.hf), dtype=np.int64)) * ITEMSIZES[reader.dtype_name(r.hf)]
+              for r in rules)
+  bar = tqdm.tqdm(total=total, desc=f"read {reader.dir.name}", unit="B", unit_scale=True,
+                  unit_divisor=1024, disable=not progress)
+  with bar:
+    for rule in rules:
+      tensor = reader.read(rule.hf)
+      bar.update(tensor.nbytes)
+      if cast is not None and tensor.dtype != cast:
+        tensor = tensor.astype(cast)
+      parts = mapping.to_params(rule, tensor, [shapes[p] for p in rule.paths])
+      for path, part in zip(rule.paths, parts):
+        sink.put(path, part, source=f"{reader.file_of(rule.hf)}: tensor {rule.hf!r}")
+      del tensor, parts  # release this tensor before reading the next one
+  return sink.flat
+
+
+def _parse_config(path: pathlib.Path, parse: Callable, *args):
+  """Runs a config parser; its ValueErrors become CheckpointErrors naming the file."""
+  try:
+    return parse(*args)
+  except (ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(f"{path}: {e}") from e
 
 
 def load_xgenmm(src: os.PathLike, dtype: Optional[str] = None, scan_layers: bool = False,
                 progress: bool = False) -> Tuple[dict, XGenMMConfig, dict]:
   """Reads an HF xGen-MM directory.
 
+  Every tensor is validated (names, shapes, floating dtype) before any is read, so a
+  bad checkpoint fails fast with the tensor and file named.
+
   Args:
     src: directory with config.json and model.safetensors or shards + index.
     dtype: cast every tensor to this dtype ('float32', 'bfloat16'); None keeps each
       tensor's own dtype (lossless).
     scan_layers: return the stacked (nn.scan) layout.
+    progress: show a progress bar.
   Returns:
     (params nested dict of numpy arrays, model config, the original config.json dict).
+  Raises:
+    CheckpointError: the directory, its config or one of its tensors is unusable.
   """
   src = pathlib.Path(src)
   reader = CheckpointReader(src)
-  config = _read_json(src / "config.json")
+  config_path = src / "config.json"
+  config = _read_json(config_path)
   vocab_rows = reader.shape(_EMBED)[0] if _EMBED in reader else None
-  cfg = hf_config.xgenmm_from_hf(config, vocab_rows)
+  cfg = _parse_config(config_path, hf_config.xgenmm_from_hf, config, vocab_rows)
   rules = mapping.xgenmm_rules(cfg)
   shapes = _shape_map(cfg)
   check_tensors(reader, rules, shapes)
-  flat = _convert(reader, rules, shapes, dtype, progress)
+  flat = _convert(reader, rules, shapes, dtype, progress, _Sink(shapes, scan_layers))
   if scan_layers:
-    flat = layout.stack_layers(flat)
     cfg = cfg.with_numerics(scan_layers=True)
   return layout.unflatten(flat), cfg, config
+
+
+def _fresh_params(cfg: XGenMMConfig, rng: jax.Array, paths: List[str]) -> Flat:
+  """Initial values of only `paths` (unscanned names), without materialising the model.
+
+  The whole model's init is traced, but only the requested leaves are outputs of the
+  jitted function, so XLA drops every other initialiser as dead code: a 4B model's new
+  pieces cost their own size (about 0.4 GB), not 17 GB. The scanned layout is traced
+  because one layer body compiles about twice as fast as unrolled layers.
+  """
+  scan_cfg = cfg.with_numerics(scan_layers=True)
+  keys = sorted({(layout.split_layer_path(p) or (p, None))[0] for p in paths})
+
+  def init(key):
+    flat = layout.flatten(xgenmm.init_params(scan_cfg, key))
+    return {k: flat[k] for k in keys}
+
+  stacked = {k: np.asarray(jax.device_get(v)) for k, v in jax.jit(init)(rng).items()}
+  out: Flat = {}
+  for p in paths:
+    split = layout.split_layer_path(p)
+    out[p] = stacked[p] if split is None else stacked[split[0]][split[1]]
+  return out
 
 
 def load_backbones(siglip: os.PathLike, phi3: os.PathLike, rng: jax.Array,
@@ -116,43 +214,52 @@ def load_backbones(siglip: os.PathLike, phi3: os.PathLike, rng: jax.Array,
                    progress: bool = False) -> Tuple[dict, XGenMMConfig, dict]:
   """A fresh xGen-MM from HF SigLIP (vision tower) and Phi-3 checkpoints.
 
-  The resampler, the added vocabulary rows and the head bias (zero) are newly
-  initialised; everything else is copied. The pre-training starting point.
+  The resampler, the added vocabulary rows (`additional_embedding`, `additional_fc`)
+  and the head bias (zero: Phi-3's head has none) are newly initialised; everything
+  else is copied, cast to `dtype`. The pre-training starting point.
+
+  Returns:
+    (params, model config, an explicit xGen-MM config.json dict for exports).
+  Raises:
+    CheckpointError: a directory, config or tensor is unusable.
   """
   siglip, phi3 = pathlib.Path(siglip), pathlib.Path(phi3)
   s_reader, p_reader = CheckpointReader(siglip), CheckpointReader(phi3)
   s_conf = _read_json(siglip / "config.json")
   p_conf = _read_json(phi3 / "config.json")
   v_conf = s_conf.get("vision_config", s_conf)  # full SiglipModel or SiglipVisionModel
-  vision = hf_config.vision_from_hf(v_conf)
-  if "vision_model.head.probe" not in s_reader:
-    raise CheckpointError(f"{siglip}: no vision_model.head.* tensors; the SigLIP vision "
-                          "checkpoint must include its pooling head")
+  vision = _parse_config(siglip / "config.json", hf_config.vision_from_hf, v_conf)
+  # Hub SigLIP checkpoints (full SiglipModel, or SiglipVisionModel saved by transformers
+  # 4.x) prefix the tower with `vision_model.`; transformers 5.x saves a
+  # SiglipVisionModel without it.
+  prefix = next((p for p in ("vision_model.", "") if p + "head.probe" in s_reader), None)
+  if prefix is None:
+    raise CheckpointError(f"{siglip}: no vision_model.head.probe or head.probe tensor; the "
+                          "SigLIP vision checkpoint must include its pooling head")
   rows = p_reader.shape("model.embed_tokens.weight")[0] if (
       "model.embed_tokens.weight" in p_reader) else None
-  text = hf_config.text_from_hf(p_conf, rows)
+  text = _parse_config(phi3 / "config.json", hf_config.text_from_hf, p_conf, rows)
   base = XGenMMConfig()
   cfg = XGenMMConfig(vision=vision, text=text,
-                     resampler=base.resampler.__class__(
-                         width=vision.width, out_width=text.width,
-                         num_latents=base.resampler.num_latents, depth=base.resampler.depth,
-                         num_heads=base.resampler.num_heads, head_dim=base.resampler.head_dim,
-                         ff_mult=base.resampler.ff_mult))
+                     resampler=dataclasses.replace(base.resampler, width=vision.width,
+                                                   out_width=text.width))
   cfg = cfg.with_numerics(param_dtype=dtype)
   shapes = _shape_map(cfg)
-  v_rules = mapping.vision_rules(cfg, prefix="vision_model.")
+  v_rules = mapping.vision_rules(cfg, prefix=prefix)
   l_rules = mapping.lm_rules(cfg, prefix="", decoupled=False, head_bias=False)
   check_tensors(s_reader, v_rules, shapes, ignore=("text_model.", "logit_scale", "logit_bias"))
   check_tensors(p_reader, l_rules, shapes)
-  flat = layout.flatten(jax.device_get(xgenmm.init_params(cfg, rng)))
-  flat = {k: np.asarray(v) for k, v in flat.items()}
-  flat.update(_convert(s_reader, v_rules, shapes, dtype, progress))
-  flat.update(_convert(p_reader, l_rules, shapes, dtype, progress))
-  flat["lm/head/bias"] = np.zeros_like(flat["lm/head/bias"])  # Phi-3's head has no bias
+  copied = {p for r in v_rules + l_rules for p in r.paths}
+  fresh = sorted(set(shapes) - copied - {_HEAD_BIAS})
+  sink = _Sink(shapes, scan_layers)
+  for path, value in _fresh_params(cfg, rng, fresh).items():
+    sink.put(path, value)
+  sink.put(_HEAD_BIAS, np.zeros(shapes[_HEAD_BIAS], np.dtype(jax.numpy.dtype(dtype))))
+  _convert(s_reader, v_rules, shapes, dtype, progress, sink)
+  _convert(p_reader, l_rules, shapes, dtype, progress, sink)
   if scan_layers:
-    flat = layout.stack_layers(flat)
     cfg = cfg.with_numerics(scan_layers=True)
-  return layout.unflatten(flat), cfg, hf_config.xgenmm_to_hf(cfg, dtype)
+  return layout.unflatten(sink.flat), cfg, hf_config.xgenmm_to_hf(cfg, dtype)
 
 
 def _plan_shards(rules: List[mapping.Rule], sizes: List[int], max_bytes: int) -> List[List[int]]:
@@ -169,18 +276,36 @@ def _plan_shards(rules: List[mapping.Rule], sizes: List[int], max_bytes: int) ->
 
 def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
                 source_config: Optional[dict] = None, max_shard_bytes: int = 5 * 2**30,
-                overwrite: bool = False, progress: bool = False) -> pathlib.Path:
+                overwrite: bool = False, progress: bool = False,
+                dtype: Optional[str] = None) -> pathlib.Path:
   """Writes params as an HF xGen-MM directory (safetensors shards + index + config.json).
 
-  Streams one tensor at a time into a temporary directory that is renamed to `dst`
-  only when complete, so a failure never leaves a half-written checkpoint.
+  Streams one tensor at a time into a temporary directory beside `dst` that is renamed
+  to `dst` only when complete, so a failure never leaves a half-written checkpoint
+  (and, with `overwrite`, leaves the old one in place). Only the fused or transposed
+  tensor being written is copied; `params` may be numpy or jax arrays, scanned or not.
+
+  Args:
+    params: bliperax parameters (nested dict).
+    cfg: their model config.
+    dst: output directory; must be absent or empty unless `overwrite`.
+    source_config: the original config.json dict, whose extra fields are kept.
+    max_shard_bytes: start a new shard before a tensor would exceed this; one shard
+      is written as model.safetensors, several as model-0000k-of-0000n plus an index.
+    overwrite: replace a non-empty `dst`.
+    progress: show a progress bar.
+    dtype: cast every tensor to this dtype on the fly; None keeps the params' dtypes.
+  Returns:
+    `dst`.
+  Raises:
+    CheckpointError: `dst` is in the way, or params do not match the config.
   """
   dst = pathlib.Path(dst)
-  if dst.exists() and any(dst.iterdir()) and not overwrite:
+  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
     raise CheckpointError(f"{dst}: exists and is not empty (pass overwrite to replace it)")
   flat = layout.flatten(params)
   if layout.is_scanned(flat):
-    flat = layout.unstack_layers(flat)
+    flat = layout.unstack_layers(flat)  # views of the stacked arrays, no copy
   cfg = cfg.with_numerics(scan_layers=False)
   rules = mapping.xgenmm_rules(cfg)
   known = {p for r in rules for p in r.paths}
@@ -190,14 +315,27 @@ def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
   extra = sorted(set(flat) - known)
   if extra:
     raise CheckpointError(f"parameters have no HF name: {', '.join(extra[:5])}")
-  dtypes = {r.hf: np.asarray(flat[r.paths[0]]).dtype for r in rules}
+  cast = np.dtype(jax.numpy.dtype(dtype)) if dtype else None
+  dtypes = {}
+  for r in rules:
+    # `.dtype`, not np.asarray(...).dtype: the latter would fetch device arrays whole.
+    kinds = {np.dtype(flat[p].dtype) for p in r.paths}
+    if len(kinds) > 1:
+      raise CheckpointError(f"tensor {r.hf!r}: its parts {', '.join(r.paths)} have mixed dtypes "
+                            f"{sorted(map(str, kinds))}; pass a dtype")
+    dtypes[r.hf] = cast if cast is not None else kinds.pop()
+    if dtypes[r.hf] not in DTYPE_NAMES:
+      raise CheckpointError(f"tensor {r.hf!r}: dtype {dtypes[r.hf]} cannot be written to "
+                            "safetensors here; pass a dtype")
   shapes = {r.hf: mapping.hf_shape(r, [np.shape(flat[p]) for p in r.paths]) for r in rules}
-  sizes = [int(np.prod(shapes[r.hf])) * dtypes[r.hf].itemsize for r in rules]
+  sizes = [int(np.prod(shapes[r.hf], dtype=np.int64)) * dtypes[r.hf].itemsize for r in rules]
   plan = _plan_shards(rules, sizes, max_shard_bytes)
 
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  bar = tqdm.tqdm(total=len(rules), desc="export", unit="tensor", disable=not progress)
+  os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the checkpoint's mode
+  bar = tqdm.tqdm(total=sum(sizes), desc=f"write {dst.name}", unit="B", unit_scale=True,
+                  unit_divisor=1024, disable=not progress)
   try:
     weight_map = {}
     for k, idx in enumerate(plan):
@@ -207,19 +345,23 @@ def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
 
       def tensors(chosen=chosen):
         for r in chosen:
-          yield r.hf, mapping.to_hf(r, [np.asarray(flat[p]) for p in r.paths])
-          bar.update(1)
+          tensor = mapping.to_hf(r, [np.asarray(flat[p]) for p in r.paths])
+          if tensor.dtype != dtypes[r.hf]:
+            tensor = tensor.astype(dtypes[r.hf])
+          yield r.hf, tensor
+          bar.update(tensor.nbytes)
 
       write_file(tmp / fname, [(r.hf, dtypes[r.hf], shapes[r.hf]) for r in chosen], tensors())
       weight_map.update({r.hf: fname for r in chosen})
     if len(plan) > 1:
       index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
       (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
-    dtype_name = str(next(iter(dtypes.values())))
+    dtype_name = str(dtypes[rules[0].hf])
     config = hf_config.xgenmm_to_hf(cfg, dtype_name, source=source_config)
+    config["torch_dtype"] = dtype_name  # a kept source value would be stale after a cast
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     if dst.exists():
-      shutil.rmtree(dst)
+      shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
     os.replace(tmp, dst)
   finally:
     bar.close()

@@ -1,9 +1,17 @@
 """bliperax parameter checkpoints: an Orbax tree of weights plus a JSON model card.
 
 Layout of a directory written by `save_params`:
-  params/         Orbax (StandardCheckpointer) tree of numpy/jax arrays
+  params/         Orbax PyTree checkpoint (OCDBT) of numpy/jax arrays; restorable with
+                  `ocp.StandardCheckpointer`
   bliperax.json   {"format": 1, "model": <XGenMMConfig dict>, "hf_config": <source config.json>}
 The directory appears only when complete (written beside it, then renamed).
+
+Memory: Orbax's defaults would hold up to three copies of a numpy tree while saving
+(its numpy handler deep-copies every array to guard against concurrent mutation, and
+zstd-compressed chunks of every array are buffered until commit). Saving is
+synchronous here, so nothing can mutate the arrays meanwhile: the handler below
+writes straight from them, uncompressed (trained weights barely compress), and a
+full-size model saves with no copy beyond the one already in memory.
 """
 from __future__ import annotations
 
@@ -12,10 +20,15 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 from typing import Optional, Tuple
 
+import flax
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import type_handlers
+import tqdm
 
 from bliperax.convert.safetensors_io import CheckpointError
 from bliperax.models import config as config_lib
@@ -25,21 +38,92 @@ CARD = "bliperax.json"
 FORMAT = 1
 
 
+def _handler() -> ocp.PyTreeCheckpointHandler:
+  """PyTree handler that writes numpy leaves in place (no deep copy, no compression)."""
+  # Orbax's own handlers for everything else (jax arrays from a training run, scalars).
+  registry = type_handlers.create_type_handler_registry(
+      (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      *[(ty, type_handlers.get_type_handler(ty)) for ty in (jax.Array, np.number, int, float)])
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_ocdbt=True,
+                                     use_compression=False)
+
+
+class _DiskProgress:
+  """A progress bar fed by the bytes that appear under a directory.
+
+  Orbax writes the whole tree in one call with no callback, so the only honest
+  measure of its progress is what has reached the disk.
+  """
+
+  def __init__(self, directory: pathlib.Path, total: int, desc: str, enabled: bool):
+    self._dir, self._stop = directory, threading.Event()
+    self._bar = tqdm.tqdm(total=total, desc=desc, unit="B", unit_scale=True,
+                          unit_divisor=1024, disable=not enabled)
+    self._thread = threading.Thread(target=self._poll, daemon=True) if enabled else None
+
+  def _size(self) -> int:
+    total = 0
+    for root, _, files in os.walk(self._dir):
+      for f in files:
+        try:
+          total += os.path.getsize(os.path.join(root, f))
+        except OSError:  # a temporary file renamed away meanwhile
+          pass
+    return total
+
+  def _poll(self):
+    while not self._stop.wait(0.5):
+      self._bar.n = min(self._size(), self._bar.total)
+      self._bar.refresh()
+
+  def __enter__(self):
+    if self._thread:
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._thread:
+      self._thread.join()
+    if exc[0] is None:
+      self._bar.n = self._bar.total
+    self._bar.close()
+
+
 def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
-                hf_config: Optional[dict] = None, overwrite: bool = False) -> pathlib.Path:
+                hf_config: Optional[dict] = None, overwrite: bool = False,
+                progress: bool = False) -> pathlib.Path:
+  """Writes `params` (numpy or jax arrays) and the model card to the directory `dst`.
+
+  Args:
+    dst: output directory; must be absent or empty unless `overwrite`.
+    params: nested parameter dict (boxed logical-axis metadata is unboxed).
+    cfg: the model config, recorded in the card (scan layout included).
+    hf_config: the HF config.json the weights came from, kept for a later export.
+    overwrite: replace a non-empty `dst` (only once the new one is complete).
+    progress: show a progress bar (bytes written).
+  Returns:
+    `dst` as an absolute path.
+  Raises:
+    CheckpointError: `dst` is in the way.
+  """
   dst = pathlib.Path(dst).absolute()
-  if dst.exists() and any(dst.iterdir()) and not overwrite:
+  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
     raise CheckpointError(f"{dst}: exists and is not empty (pass overwrite to replace it)")
+  params = flax_unbox(params)
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+  os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the checkpoint's mode
   try:
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(tmp / "params", params)
-      ckptr.wait_until_finished()
+    total = sum(int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+                for x in jax.tree.leaves(params))
+    with _DiskProgress(tmp, total, f"write {dst.name}", progress), \
+        ocp.Checkpointer(_handler()) as ckptr:
+      ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params))
     card = {"format": FORMAT, "model": config_lib.to_dict(cfg), "hf_config": hf_config}
     (tmp / CARD).write_text(json.dumps(card, indent=1))
     if dst.exists():
-      shutil.rmtree(dst)
+      shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
     os.replace(tmp, dst)
   finally:
     if tmp.exists():
@@ -47,19 +131,33 @@ def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
   return dst
 
 
+def flax_unbox(params):
+  """Strips flax logical-partitioning boxes (Orbax would otherwise save them as nodes)."""
+  return flax.linen.meta.unbox(params)
+
+
 def read_card(src: os.PathLike) -> Tuple[XGenMMConfig, Optional[dict]]:
   src = pathlib.Path(src)
   card_path = src / CARD
   if not card_path.exists():
     raise CheckpointError(f"{src}: not a bliperax parameter checkpoint (no {CARD})")
-  card = json.loads(card_path.read_text())
+  try:
+    card = json.loads(card_path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{card_path}: not valid JSON ({e})") from e
+  if not (src / "params").is_dir():
+    raise CheckpointError(f"{src}: has {CARD} but no params/ directory")
   if card.get("format") != FORMAT:
     raise CheckpointError(f"{card_path}: unsupported format {card.get('format')!r}")
   return config_lib.from_dict(card["model"]), card.get("hf_config")
 
 
 def load_params(src: os.PathLike) -> Tuple[dict, XGenMMConfig, Optional[dict]]:
-  """Returns (params as numpy arrays, model config, source HF config or None)."""
+  """Returns (params as numpy arrays, model config, source HF config or None).
+
+  Restores into host numpy arrays of the stored dtypes: one copy of the weights, with
+  no detour through device arrays.
+  """
   src = pathlib.Path(src).absolute()
   cfg, hf_config = read_card(src)
   with ocp.StandardCheckpointer() as ckptr:
@@ -71,8 +169,10 @@ def load_params(src: os.PathLike) -> Tuple[dict, XGenMMConfig, Optional[dict]]:
 
 
 def _numpy_target(tree):
-  """Restore target that asks Orbax for host numpy arrays in the stored dtype."""
-  import jax
+  """Restore target that asks Orbax for host numpy arrays in the stored dtype.
+
+  `np.empty` reserves but does not touch memory, so the target costs nothing resident.
+  """
   def leaf(m):
     return np.empty(m.shape, m.dtype) if hasattr(m, "shape") else m
   return jax.tree.map(leaf, tree, is_leaf=lambda x: hasattr(x, "shape"))

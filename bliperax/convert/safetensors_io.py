@@ -36,6 +36,11 @@ FLOAT_DTYPES = ("F32", "BF16", "F16")
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Bytes per element of every dtype the format defines, to validate headers even for
+# dtypes this module does not convert.
+ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+             "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+             "BOOL": 1}
 
 
 class CheckpointError(ValueError):
@@ -43,22 +48,58 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsFile:
-  """Lazy, memory-mapped view of one .safetensors file."""
+  """Lazy view of one .safetensors file: header parsed and checked at open, data on demand."""
 
   def __init__(self, path: os.PathLike):
     self.path = pathlib.Path(path)
     try:
+      size = self.path.stat().st_size
       with open(self.path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100_000_000:
-          raise CheckpointError(f"{self.path}: header of {n} bytes; not a safetensors file")
+        head = f.read(8)
+        if len(head) < 8:
+          raise CheckpointError(f"{self.path}: {size} bytes; too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(100_000_000, size - 8):
+          raise CheckpointError(f"{self.path}: header length {n} exceeds the file "
+                                f"({size} bytes); not a safetensors file, or truncated")
         header = json.loads(f.read(n))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
       raise CheckpointError(f"{self.path}: not a readable safetensors file ({e})") from e
+    if not isinstance(header, dict):
+      raise CheckpointError(f"{self.path}: header is not a JSON object; not a safetensors file")
     self.metadata = header.pop("__metadata__", {}) or {}
     self.header: Dict[str, dict] = header
     self._data_start = 8 + n
     self._mmap: Optional[np.memmap] = None
+    self._check_layout(size)
+
+  def _check_layout(self, size: int) -> None:
+    """Rejects malformed entries and truncated or padded files up front.
+
+    Checked at open so that a damaged shard fails before any conversion work, with the
+    tensor named, instead of as a reshape error deep inside a conversion.
+    """
+    end = 0
+    for name, info in self.header.items():
+      try:
+        shape = [int(d) for d in info["shape"]]
+        begin, stop = (int(o) for o in info["data_offsets"])
+        dtype = str(info["dtype"])
+      except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{self.path}: malformed header entry for tensor {name!r}") from e
+      itemsize = ITEMSIZES.get(dtype)
+      if itemsize is not None and stop - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise CheckpointError(
+            f"{self.path}: tensor {name!r} {dtype}{shape} has {stop - begin} data bytes; "
+            "its header is inconsistent")
+      if begin < 0 or stop < begin:
+        raise CheckpointError(f"{self.path}: tensor {name!r} has bad data_offsets")
+      end = max(end, stop)
+    if self._data_start + end != size:
+      what = "truncated" if self._data_start + end > size else "has trailing bytes"
+      raise CheckpointError(
+          f"{self.path}: file {what} ({size} bytes; the header describes "
+          f"{self._data_start + end})")
 
   def keys(self) -> List[str]:
     return list(self.header)
@@ -69,17 +110,42 @@ class SafetensorsFile:
   def shape(self, name: str) -> Tuple[int, ...]:
     return tuple(self.header[name]["shape"])
 
-  def get(self, name: str) -> np.ndarray:
-    """The tensor `name` as a read-only numpy view of the mapped file."""
+  def _dtype(self, name: str) -> np.dtype:
     info = self.header[name]
     dtype = DTYPES.get(info["dtype"])
     if dtype is None:
       raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    return dtype
+
+  def get(self, name: str) -> np.ndarray:
+    """The tensor `name` as a read-only numpy view of the mapped file (zero copy)."""
+    info = self.header[name]
+    dtype = self._dtype(name)
     if self._mmap is None:
       self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
     begin, end = info["data_offsets"]
     raw = self._mmap[self._data_start + begin:self._data_start + end]
     return raw.view(dtype).reshape(info["shape"])
+
+  def read(self, name: str) -> np.ndarray:
+    """The tensor `name` as a fresh, owned, C-contiguous array (one copy, no mapping).
+
+    Conversion uses this rather than `get`: pages of a memory map count towards the
+    process's resident set until the kernel evicts them, so copying a whole model out
+    of a map can show (and briefly need) twice its size. A plain read goes through the
+    page cache only.
+    """
+    info = self.header[name]
+    out = np.empty(info["shape"], self._dtype(name))
+    begin, end = info["data_offsets"]
+    buf = out.reshape(-1).view(np.uint8)
+    with open(self.path, "rb") as f:
+      f.seek(self._data_start + begin)
+      got = f.readinto(memoryview(buf))
+    if got != end - begin:
+      raise CheckpointError(f"{self.path}: tensor {name!r}: read {got} of {end - begin} bytes "
+                            "(file changed or truncated while reading)")
+    return out
 
 
 class CheckpointReader:
@@ -91,17 +157,24 @@ class CheckpointReader:
       raise CheckpointError(f"{self.dir}: checkpoint directory does not exist")
     pickles = sorted(p.name for p in self.dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
     files = sorted(self.dir.glob("*.safetensors"))
-    if not files:
+    index = self.dir / INDEX_NAME
+    if not files and not index.exists():
       if pickles:
         raise CheckpointError(
             f"{self.dir}: only pickle checkpoint files ({', '.join(pickles)}); pickle is never "
             "loaded (it can run arbitrary code). Re-save the model with safetensors "
             "(`model.save_pretrained(dir, safe_serialization=True)`).")
       raise CheckpointError(f"{self.dir}: no *.safetensors file")
-    index = self.dir / INDEX_NAME
     self._where: Dict[str, SafetensorsFile] = {}
+    # An index, when present, is authoritative (as in transformers): it names the
+    # shards, and a shard it names but the directory lacks is an error of its own.
     if index.exists():
-      weight_map = json.loads(index.read_text())["weight_map"]
+      try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+          raise TypeError("weight_map is not an object")
+      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a valid index ({e!r})") from e
       opened: Dict[str, SafetensorsFile] = {}
       for name, fname in weight_map.items():
         if fname not in opened:
@@ -109,14 +182,16 @@ class CheckpointReader:
             raise CheckpointError(f"{index}: shard {fname} (holding {name!r}) is missing")
           opened[fname] = SafetensorsFile(self.dir / fname)
         if name not in opened[fname].header:
-          raise CheckpointError(f"{self.dir / fname}: tensor {name!r} listed in the index is absent")
+          raise CheckpointError(
+              f"{self.dir / fname}: tensor {name!r} listed in the index is absent")
         self._where[name] = opened[fname]
     else:
       for f in files:
         sf = SafetensorsFile(f)
         for name in sf.keys():
           if name in self._where:
-            raise CheckpointError(f"tensor {name!r} appears in both {self._where[name].path} and {f}")
+            raise CheckpointError(
+                f"tensor {name!r} appears in both {self._where[name].path} and {f}")
           self._where[name] = sf
 
   def keys(self) -> List[str]:
@@ -135,7 +210,12 @@ class CheckpointReader:
     return self._where[name].shape(name)
 
   def get(self, name: str) -> np.ndarray:
+    """Zero-copy memory-mapped view (see `SafetensorsFile.get`)."""
     return self._where[name].get(name)
+
+  def read(self, name: str) -> np.ndarray:
+    """Owned copy read from disk (see `SafetensorsFile.read`)."""
+    return self._where[name].read(name)
 
 
 def _header_for(specs: Iterable[Tuple[str, np.dtype, Tuple[int, ...]]],
@@ -172,7 +252,8 @@ def write_file(path: os.PathLike, specs: List[Tuple[str, np.dtype, Tuple[int, ..
           raise CheckpointError(
               f"{path}: tensor {got_name!r} {array.dtype}{list(array.shape)} does not match its "
               f"header entry {name!r} {np.dtype(dtype)}{list(shape)}")
-        f.write(np.ascontiguousarray(array).tobytes())
+        # Through a byte view: `tobytes()` would add a second copy of each tensor.
+        f.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
     os.replace(tmp, path)
   finally:
     if tmp.exists():
