@@ -57,6 +57,10 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: XGenMMConfig):
                            seed=cfg.data.get("seed", cfg.seed),
                            process_index=jax.process_index(),
                            process_count=jax.process_count())
+  if kind == "grain":
+    from bliperax.data import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.make_source(cfg, model_cfg, process_index=jax.process_index(),
+                                process_count=jax.process_count())
   raise ValueError(f"unknown data kind {kind!r}")
 
 
