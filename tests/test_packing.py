@@ -183,7 +183,7 @@ def test_pack_iterator_state_restores_the_held_sample(examples):
   counters = pipeline_stats.Counters(["s"])
   limits = packing.Limits(length=200, crops=10, groups=10)
   ds = packing.PackIterDataset(grain.MapDataset.source(items).to_iter_dataset(), limits, DIMS,
-                               PAD, counters)
+                               counters)
   it = iter(ds)
   rows, states = [], []
   for _ in range(4):
@@ -194,8 +194,9 @@ def test_pack_iterator_state_restores_the_held_sample(examples):
     again.set_state(states[k])
     for want in rows[k:]:
       got = next(again)
-      for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-  total = counters.to_dict(sum(r["stats"] for r in rows + list(it)))
+      np.testing.assert_array_equal(got.stats, want.stats)
+      for key, value in want.row.arrays(PAD).items():
+        np.testing.assert_array_equal(got.row.arrays(PAD)[key], value, err_msg=key)
+  total = counters.to_dict(sum(r.stats for r in rows + list(it)))
   assert total["samples_read"] == 13 and total["skipped/bad_image"] == 1
   assert total["samples_packed"] == 12

@@ -12,9 +12,10 @@ optionally, at most `segments` samples). Three steps get a sample there:
    current row starts the next one. Next-fit keeps one held sample at most,
    which makes the iterator state a plain position in the input (see
    `PackIterDataset`).
-3. `Row.arrays` lays the samples side by side: segment ids 1, 2, ... (0 is
-   padding), positions restarting at 0 in each segment, each sample's crops,
-   groups and vision slots offset to where the sample landed.
+3. `Row.write` (via `CollateRows`, Grain's batch function) lays the samples
+   side by side in the batch arrays: segment ids 1, 2, ... (0 is padding),
+   positions restarting at 0 in each segment, each sample's crops, groups and
+   vision slots offset to where the sample landed.
 
 Labels are not shifted: the loss at t predicts labels[t] from position t-1.
 The first token of every segment therefore gets label -100 (its predecessor
@@ -24,7 +25,7 @@ sample judged to have loss tokens still has them once packed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import grain
 import numpy as np
@@ -163,64 +164,100 @@ class Row:
     self.crops += len(example.crops)
     self.groups += len(example.group_index)
 
-  def arrays(self, pad_id: int) -> dict[str, np.ndarray]:
-    """The row's arrays (no batch axis); keys as `batch.collate`.
+  @property
+  def loss_tokens(self) -> int:
+    """Targets once packed (a segment's first label is dropped, see module doc)."""
+    return sum(int(np.count_nonzero(e.labels[1:] != IGNORE)) for e in self.examples)
 
-    Returns:
-      tokens, labels, positions, segment_ids int32[T]; crops float32[C, S, S, 3];
-      crop_valid bool[C]; group_index int32[G, P]; group_mask bool[G, P];
-      group_valid bool[G]; vision_slots int32[G·L] (T where unused: dropped).
-    """
-    t_max, c_max, g_max = self.limits.length, self.limits.crops, self.limits.groups
-    s, p, lat = self.dims.crop_size, self.dims.patches, self.dims.latents
-    out = dict(
-        tokens=np.full(t_max, pad_id, np.int32),
-        labels=np.full(t_max, IGNORE, np.int32),
-        positions=np.zeros(t_max, np.int32),
-        segment_ids=np.zeros(t_max, np.int32),
-        crops=np.zeros((c_max, s, s, 3), np.float32),
-        crop_valid=np.zeros(c_max, bool),
-        group_index=np.zeros((g_max, p), np.int32),
-        group_mask=np.zeros((g_max, p), bool),
-        group_valid=np.zeros(g_max, bool),
-        vision_slots=np.full(g_max * lat, t_max, np.int32),
-    )
+  def write(self, out: dict[str, np.ndarray], b: int) -> None:
+    """Writes the row into row b of batch arrays made by `empty_batch`."""
+    p, lat = self.dims.patches, self.dims.latents
     t = c = g = 0
     for segment, e in enumerate(self.examples, start=1):
       n, nc, ng = len(e.tokens), len(e.crops), len(e.group_index)
-      out["tokens"][t:t + n] = e.tokens
-      out["labels"][t:t + n] = e.labels
-      out["labels"][t] = IGNORE  # predicted from another sample's last token
-      out["positions"][t:t + n] = np.arange(n, dtype=np.int32)
-      out["segment_ids"][t:t + n] = segment
+      out["tokens"][b, t:t + n] = e.tokens
+      out["labels"][b, t:t + n] = e.labels
+      out["labels"][b, t] = IGNORE  # predicted from another sample's last token
+      out["positions"][b, t:t + n] = np.arange(n, dtype=np.int32)
+      out["segment_ids"][b, t:t + n] = segment
       if nc:
-        out["crops"][c:c + nc] = e.crops
-        out["crop_valid"][c:c + nc] = True
+        out["crops"][b, c:c + nc] = e.crops
+        out["crop_valid"][b, c:c + nc] = True
       if ng:
         # A sample's group indices point into its own crops' features; here its
         # crops start at crop c of the row.
-        out["group_index"][g:g + ng] = e.group_index + c * p
-        out["group_mask"][g:g + ng] = e.group_mask
-        out["group_valid"][g:g + ng] = True
-        out["vision_slots"][g * lat:(g + ng) * lat] = e.vision_slots + t
+        out["group_index"][b, g:g + ng] = e.group_index + c * p
+        out["group_mask"][b, g:g + ng] = e.group_mask
+        out["group_valid"][b, g:g + ng] = True
+        out["vision_slots"][b, g * lat:(g + ng) * lat] = e.vision_slots + t
       t, c, g = t + n, c + nc, g + ng
+
+  def arrays(self, pad_id: int) -> dict[str, np.ndarray]:
+    """The row alone (no batch axis); keys and shapes as `empty_batch` without B."""
+    out = empty_batch(1, self.limits, self.dims, pad_id)
+    self.write(out, 0)
+    return {k: v[0] for k, v in out.items()}
+
+
+def empty_batch(rows: int, limits: Limits, dims: RowDims, pad_id: int
+                ) -> dict[str, np.ndarray]:
+  """Batch arrays of padding; keys as `batch.collate`.
+
+  Returns:
+    tokens, labels, positions, segment_ids int32[B, T]; crops float32[B, C, S, S, 3];
+    crop_valid bool[B, C]; group_index int32[B, G, P]; group_mask bool[B, G, P];
+    group_valid bool[B, G]; vision_slots int32[B, G·L] (T where unused: dropped).
+  """
+  b, t, c, g = rows, limits.length, limits.crops, limits.groups
+  s, p, lat = dims.crop_size, dims.patches, dims.latents
+  return dict(
+      tokens=np.full((b, t), pad_id, np.int32),
+      labels=np.full((b, t), IGNORE, np.int32),
+      positions=np.zeros((b, t), np.int32),
+      segment_ids=np.zeros((b, t), np.int32),
+      crops=np.zeros((b, c, s, s, 3), np.float32),
+      crop_valid=np.zeros((b, c), bool),
+      group_index=np.zeros((b, g, p), np.int32),
+      group_mask=np.zeros((b, g, p), bool),
+      group_valid=np.zeros((b, g), bool),
+      vision_slots=np.full((b, g * lat), t, np.int32),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedRow:
+  """A row's samples and its counter vector (int64[K]), before collation."""
+  row: Row
+  stats: np.ndarray
+
+
+class CollateRows:
+  """Grain `batch_fn`: packed rows -> batch arrays, written once (no per-row copies)."""
+
+  def __init__(self, limits: Limits, dims: RowDims, pad_id: int):
+    self.limits, self.dims, self.pad_id = limits, dims, pad_id
+
+  def __call__(self, rows: Sequence[PackedRow]) -> dict[str, np.ndarray]:
+    out = empty_batch(len(rows), self.limits, self.dims, self.pad_id)
+    for b, packed in enumerate(rows):
+      packed.row.write(out, b)
+    out["stats"] = np.stack([packed.stats for packed in rows])
     return out
 
 
 class PackIterDataset(grain.IterDataset):
-  """Packs `Prepared` items into row dicts; counts every item it consumes.
+  """Packs `Prepared` items into `PackedRow`s; counts every item it consumes.
 
-  Each output row carries `"stats"`: int64[K] with the events of the items
-  consumed for it (skips, truncations, ...) and the row's own counters, in
-  the order of `counters.names`.
+  Each row's `stats` (int64[K], in the order of `counters.names`) holds the
+  events of the items consumed for it (skips, truncations, ...) and the
+  row's own counters. Batch with `CollateRows`.
   """
 
   def __init__(self, parent: grain.IterDataset, limits: Limits, dims: RowDims,
-               pad_id: int, counters: stats_lib.Counters):
+               counters: stats_lib.Counters):
     super().__init__(parent)
     self.limits = limits
     self.dims = dims
-    self.pad_id = pad_id
     self.counters = counters
 
   def __iter__(self) -> "_PackIterator":
@@ -246,9 +283,9 @@ class _PackIterator(grain.DatasetIterator):
     self._held: Optional[stats_lib.Prepared] = None
     self._held_state = None
 
-  def _row_stats(self, row: Row, arrays: dict) -> np.ndarray:
+  def _row_stats(self, row: Row) -> np.ndarray:
     c, vec = self._ds.counters, self._ds.counters.zeros()
-    loss_tokens = int(np.sum(arrays["labels"] != IGNORE))
+    loss_tokens = row.loss_tokens
     c.add(vec, "rows")
     c.add(vec, "rows_without_loss", int(loss_tokens == 0))
     c.add(vec, "row_tokens", row.length)
@@ -259,7 +296,7 @@ class _PackIterator(grain.DatasetIterator):
     c.add(vec, "crop_capacity", self._ds.limits.crops)
     return vec
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def __next__(self) -> PackedRow:
     counters = self._ds.counters
     events = counters.zeros()
     row = Row(self._ds.limits, self._ds.dims)
@@ -284,9 +321,7 @@ class _PackIterator(grain.DatasetIterator):
         continue
       self._held, self._held_state = item, state
       break
-    arrays = row.arrays(self._ds.pad_id)
-    arrays["stats"] = events + self._row_stats(row, arrays)
-    return arrays
+    return PackedRow(row, events + self._row_stats(row))
 
   def get_state(self) -> dict:
     if self._held is not None:
@@ -296,16 +331,3 @@ class _PackIterator(grain.DatasetIterator):
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._held, self._held_state = None, None
-
-
-def pack_examples(examples: Sequence[batch_lib.Example], limits: Limits,
-                  dims: RowDims, pad_id: int) -> Iterator[dict[str, np.ndarray]]:
-  """Next-fit packs already fitted examples into row dicts (tools, tests)."""
-  row = Row(limits, dims)
-  for e in examples:
-    if not row.fits(e):
-      yield row.arrays(pad_id)
-      row = Row(limits, dims)
-    row.add(e)
-  if row.examples:
-    yield row.arrays(pad_id)

@@ -233,9 +233,10 @@ def build_dataset(pc: PipelineConfig, model_cfg: XGenMMConfig) -> grain.IterData
                          model_cfg.resampler.num_latents)
   counters = stats_lib.Counters([s.name for s in pc.sources])
   pad_id = _tokenizer(pc.tokenizer, pc.reference_compatible).pad_id
-  ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, pad_id, counters)
+  ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, counters)
   # Batch inside the workers: one transfer per batch, not per row.
-  ds = ds.batch(pc.batch_size, drop_remainder=True)
+  ds = ds.batch(pc.batch_size, drop_remainder=True,
+                batch_fn=packing.CollateRows(pc.limits, dims, pad_id))
   if pc.worker_count > 0:
     _ensure_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
