@@ -168,6 +168,8 @@ class PrepareSample:
       rendered = render_lib.render(sample, tokenizer, self.render)
     except render_lib.SkipSample as e:
       return self._skip(e.reason, str(e))
+    except ValueError as e:  # e.g. text the tokenizer cannot split at the template's parts
+      return self._skip(stats_lib.RENDER_ERROR, f"{sample.id}: {e}")
     try:
       images = [batch_lib.prepare_image(decode_image(b), self.model_cfg, self.anyres)
                 for b in rendered.images]
