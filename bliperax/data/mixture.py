@@ -59,7 +59,7 @@ def _split_paths(paths: Any) -> tuple[str, ...]:
 
 
 def specs_from_config(sources: ml_collections.ConfigDict) -> list[SourceSpec]:
-  """The sources of `cfg.data.sources`, in config order, validated."""
+  """The sources of `cfg.data.sources`, validated, in key order (ConfigDict sorts keys)."""
   specs = []
   for name, src in sources.items():
     unknown = set(src.keys()) - {"paths", "weight", "anyres", "tfds"}
