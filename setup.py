@@ -19,6 +19,8 @@ _CORE = [
     "array-record",  # training shards
     "pyarrow",  # parquet input of tools/build_shards.py
     "grain",  # host input pipeline
+    "tensorflow-datasets",  # TFDS sources (array_record format; no TensorFlow needed)
+    "tensorboardX",  # training metrics
 ]
 _TORCH = ["torch==2.13.0", "transformers>=4.41", "safetensors"]
 
