@@ -126,9 +126,7 @@ def _load(source: str, target: str):
     return hf.load_backbones(_SIGLIP.value, _PHI3.value, jax.random.PRNGKey(_SEED.value),
                              dtype=_DTYPE.value or "float32", scan_layers=scan,
                              progress=progress)
-  if progress:
-    print(f"reading {_SRC.value} ...", file=sys.stderr, flush=True)
-  params, cfg, hf_conf = params_io.load_params(_SRC.value)
+  params, cfg, hf_conf = params_io.load_params(_SRC.value, progress=progress)
   if _DTYPE.value and target == "orbax":
     params = _cast_in_place(params, _DTYPE.value)  # HF export casts while it streams
   if target == "orbax":
