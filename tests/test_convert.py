@@ -482,3 +482,13 @@ def test_hf_backbones(tmp_path):
   assert flat["resampler/latents"].shape == (cfg.resampler.num_latents, 32)
   assert flat["resampler/projection/kernel"].shape == (32, 32)
   assert np.std(flat["resampler/latents"]) > 0.5  # N(0, 1) latents, really initialised
+
+
+def test_text_config_reads_transformers5_rope_parameters():
+  """transformers 5 nests rope_theta under rope_parameters; a lost theta changes logits."""
+  t = hf_config.text_from_hf({"hidden_size": 64, "num_attention_heads": 4,
+                        "rope_parameters": {"rope_theta": 500.0, "rope_type": "default"}})
+  assert t.rope_theta == 500.0
+  assert hf_config.text_from_hf({"rope_theta": 250.0}).rope_theta == 250.0
+  with pytest.raises(ValueError, match="not supported"):
+    hf_config.text_from_hf({"rope_parameters": {"rope_theta": 1e4, "rope_type": "longrope"}})

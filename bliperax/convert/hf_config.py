@@ -36,8 +36,13 @@ def text_from_hf(t: Dict[str, Any], vocab_rows: Optional[int] = None,
                  decoupled: bool = True) -> TextConfig:
   """From a Phi-3 config; `vocab_rows` from the checkpoint's embedding when known."""
   dflt = TextConfig()
-  if t.get("rope_scaling"):
-    raise ValueError(f"rope_scaling={t['rope_scaling']} is not supported (only plain RoPE)")
+  # transformers 5 writes {"rope_parameters": {"rope_theta", "rope_type", ...}} instead
+  # of top-level rope_theta / rope_scaling; read both spellings.
+  rope = t.get("rope_parameters") or {}
+  if t.get("rope_scaling") or rope.get("rope_type", "default") not in ("default", None):
+    raise ValueError(f"rope_scaling={t.get('rope_scaling') or rope} is not supported "
+                     "(only plain RoPE)")
+  theta = t.get("rope_theta", rope.get("rope_theta"))
   width = _get(t, "hidden_size", dflt.width)
   heads = _get(t, "num_attention_heads", dflt.num_heads)
   rows = vocab_rows or _get(t, "vocab_size", dflt.vocab_rows)
@@ -53,7 +58,7 @@ def text_from_hf(t: Dict[str, Any], vocab_rows: Optional[int] = None,
       head_dim=_get(t, "head_dim", width // heads),
       mlp_dim=_get(t, "intermediate_size", dflt.mlp_dim),
       rms_norm_eps=_get(t, "rms_norm_eps", dflt.rms_norm_eps),
-      rope_theta=float(_get(t, "rope_theta", dflt.rope_theta)),
+      rope_theta=float(dflt.rope_theta if theta is None else theta),
       max_positions=_get(t, "max_position_embeddings", dflt.max_positions),
       sliding_window=t.get("sliding_window", dflt.sliding_window),
   )
