@@ -133,11 +133,23 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RUL
   Specs come from the rules, then `fit_spec` adapts them to each array's shape.
   """
   specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
-  shapes = nn.meta.unbox(abstract_tree)
+  shapes = strip_boxes(abstract_tree)
   is_spec = lambda x: isinstance(x, PartitionSpec)
   fitted = jax.tree.map(lambda sp, x: fit_spec(sp, x.shape, mesh), specs, shapes,
                         is_leaf=is_spec)
   return jax.tree.map(lambda sp: NamedSharding(mesh, sp), fitted, is_leaf=is_spec)
+
+
+def strip_boxes(tree: Any) -> Any:
+  """The tree without its logical-axis boxes, values untouched.
+
+  Unlike `nn.meta.unbox`, never applies the boxes' sharding constraints: under
+  `jax.set_mesh` and logical rules those run eagerly, which fails on abstract
+  shapes and costs one dispatch per leaf on concrete arrays.
+  """
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                      if isinstance(x, nn.Partitioned) else x,
+                      tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -160,7 +172,7 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args) -
   shardings = logical_shardings(abstract, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.jit(init_fn, out_shardings=shardings)(*args)
-  return nn.meta.unbox(boxed)
+  return strip_boxes(boxed)
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:

@@ -206,10 +206,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           last["mfu"] = tflops * 1e12 / peak
         writer.write(step, last)
         window_start, window_wait, window_steps = time.time(), 0.0, 0
-      if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+      saved = step % cfg.checkpoint_every == 0 or step == cfg.total_steps
+      if saved:
         ckpt.save(step, state, source.get_state())
       if preempt.requested:
-        ckpt.save(step, state, source.get_state(), force=True)
+        if not saved:  # Orbax refuses a second save of one step (StepAlreadyExistsError)
+          ckpt.save(step, state, source.get_state(), force=True)
         logging.warning("preempted: checkpoint at step %d saved", step)
         break
   ckpt.close()

@@ -1,0 +1,202 @@
+"""In-process checks of the train step on 8 CPU devices, for tests/test_train.py.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+      python tests/train_worker.py OUT.pkl '{"train.seq_len": 24, ...}'
+
+The pytest process has (and keeps) one CPU device, so this script does the work
+that needs a multi-device mesh and pickles plain results (numpy arrays by
+'/'-joined path, metric floats, sharding specs as tuples); the assertions live in
+test_train.py. The argument holds dotted config overrides of experiments/tiny.py.
+
+From one sharded initial state and three synthetic batches it runs the trainer's
+own jitted step (`trainer.setup` + `trainer.jit_step`):
+  - steps 1-3 on one device, and again on the batches with their rows permuted
+    (the round-off reference: only the float32 summation order changes);
+  - step 2 from the one-device state after step 1 with 2-step accumulation;
+  - steps 1-3 on a data=2 x fsdp=2 x tensor=2 mesh, and from that same state after
+    step 1: step 2 on the batch, the permuted batch, an all-masked batch and a
+    batch with NaN crops.
+That is three compiled train steps (one device; sharded with and without
+accumulation): compile time dominates on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import pathlib
+import pickle
+import sys
+import time
+from typing import Any, Dict
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from bliperax import sharding
+from bliperax.train import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """experiments/tiny.py's config with dotted-path overrides (as on the command line)."""
+  spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "experiments" / "tiny.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config()
+  cfg.update_from_flattened_dict(overrides)
+  return cfg
+
+
+def path_str(path) -> str:
+  """'/'-joined key path: dict keys, attribute names and sequence indices."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+def flat(tree: Any) -> Dict[str, np.ndarray]:
+  """{path: host numpy copy} of every array leaf (copies survive buffer donation)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {path_str(p): np.array(jax.device_get(x)) for p, x in leaves}
+
+
+def host_metrics(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
+  return {k: np.asarray(jax.device_get(v)).item() for k, v in metrics.items()}
+
+
+def device0_bytes(tree: Any, device) -> int:
+  """Bytes of `tree` that live on `device` (its addressable shards there)."""
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+             if s.device == device)
+
+
+@contextlib.contextmanager
+def tracing_context(mesh, rules):
+  """What the trainer traces under: the mesh set globally plus the logical-axis rules."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def log(message: str, start=time.time()) -> None:
+  print(f"[{time.time() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def main(out_path: str, overrides_json: str) -> None:
+  cfg = load_config(json.loads(overrides_json))
+  cfg_accum = load_config({**json.loads(overrides_json), "train.accum_steps": 2})
+  assert cfg.train.accum_steps == 1, "the reference step is without accumulation"
+  devices = jax.devices()
+  assert len(devices) == 8, f"needs 8 CPU devices, got {len(devices)}"
+
+  mesh8 = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  mesh1 = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=devices[:1])
+  parts8 = trainer.setup(cfg, mesh8)
+  parts1 = trainer.setup(cfg, mesh1)
+  parts8a = trainer.setup(cfg_accum, mesh8)
+  rules = parts8["rules"]
+  out: Dict[str, Any] = {"rules": rules}
+
+  source = trainer.make_source(cfg, parts8["model_cfg"])
+  batches = [next(source) for _ in range(3)]
+  masked = {**batches[1], "labels": np.full_like(batches[1]["labels"], -100)}
+  poisoned = {**batches[1], "crops": batches[1]["crops"].copy()}
+  poisoned["crops"][0] = np.nan
+
+  # Logical names of every parameter, for checking shardings against the rules.
+  boxed = jax.eval_shape(parts8["init_fn"], jax.random.PRNGKey(cfg.seed))
+  out["logical_axes"] = {path_str(p): tuple(spec) for p, spec in
+                         jax.tree_util.tree_flatten_with_path(
+                             nn.get_partition_spec(boxed.params),
+                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]}
+
+  context = functools.partial(tracing_context, rules=rules)
+
+  def compile_step(mesh, parts):
+    """The trainer's jitted step, compiled for `mesh` (lowered from abstract shapes)."""
+    with context(mesh):
+      return trainer.jit_step(parts, mesh, batches[0]).lower(
+          parts["abstract_state"], sharding.global_batch(batches[0], mesh)).compile()
+
+  def run(step_fn, mesh, parts, host_state, batch_list):
+    """Steps from a host state; returns the host state and metrics after each step."""
+    hosts, metrics = [], []
+    with context(mesh):
+      state = jax.device_put(host_state, parts["state_shardings"])
+      for batch in batch_list:
+        state, m = step_fn(state, sharding.global_batch(batch, mesh))
+        hosts.append(jax.device_get(state))
+        metrics.append(host_metrics(m))
+    return hosts, metrics
+
+  # The initial state, created sharded exactly as the trainer does.
+  with context(mesh8):
+    state0 = sharding.sharded_init(parts8["init_fn"], mesh8, rules,
+                                   jax.random.PRNGKey(cfg.seed))
+  out["param_specs"] = {path_str(p): tuple(x.sharding.spec) for p, x in
+                        jax.tree_util.tree_flatten_with_path(state0.params)[0]}
+  out["opt_specs"] = {path_str(p): tuple(x.sharding.spec) for p, x in
+                      jax.tree_util.tree_flatten_with_path(state0.opt_state)[0]}
+  out["state_bytes_total"] = sum(x.nbytes for x in jax.tree.leaves(state0))
+  out["state_bytes_device0"] = device0_bytes(state0, devices[0])
+  host0 = jax.device_get(state0)
+  out["init_params"] = flat(host0.params)
+  del state0
+  log("initialised")
+
+  # One device: steps 1-3.
+  step1 = compile_step(mesh1, parts1)
+  hosts1, metrics1 = run(step1, mesh1, parts1, host0, batches)
+  out["single"] = {"metrics": metrics1, "params": flat(hosts1[-1].params)}
+  log("single device")
+  # Round-off reference: the same steps on the batches with their rows permuted, a
+  # pure change of float32 summation order.
+  perm = np.random.default_rng(0).permutation(cfg.train.global_batch)
+  permuted = [{k: v[perm] for k, v in b.items()} for b in batches]
+  hosts_p, metrics_p = run(step1, mesh1, parts1, host0, permuted)
+  out["single_permuted"] = {"metrics": metrics_p, "params": flat(hosts_p[-1].params)}
+  # The one-step variants of step 2 below all start from this state (lr > 0 there).
+  host1 = hosts1[0]
+  out["step1"] = {"params": flat(host1.params), "opt_state": flat(host1.opt_state)}
+  del hosts1, hosts_p
+  log("permuted")
+
+  # Step 2 with two accumulated micro-batches.
+  step_a = compile_step(mesh8, parts8a)
+  hosts_a, metrics_a = run(step_a, mesh8, parts8a, host1, batches[1:2])
+  out["accum"] = {"metrics": metrics_a[0], "params": flat(hosts_a[0].params)}
+  log("accumulation")
+
+  # Sharded: steps 1-3 from the initial state, then the one-step variants.
+  step8 = compile_step(mesh8, parts8)
+  hosts8, metrics8 = run(step8, mesh8, parts8, host0, batches)
+  out["sharded"] = {"metrics": metrics8, "params": flat(hosts8[-1].params)}
+  out["arg_bytes_device0"] = step8.memory_analysis().argument_size_in_bytes
+  out["batch_bytes_device0"] = device0_bytes(sharding.global_batch(batches[0], mesh8),
+                                             devices[0])
+  log("sharded")
+  variants = {"step2": batches[1], "step2_permuted": permuted[1], "masked": masked,
+              "poisoned": poisoned}
+  for name, batch in variants.items():
+    hosts, metrics = run(step8, mesh8, parts8, host1, [batch])
+    out[name] = {"metrics": metrics[0], "params": flat(hosts[0].params)}
+    if name == "poisoned":  # a skipped update must leave Adam's state alone too
+      out[name]["opt_state"] = flat(hosts[0].opt_state)
+  out["masked"]["params_finite"] = {k: bool(np.isfinite(v).all())
+                                    for k, v in out["masked"].pop("params").items()}
+  log("variants")
+
+  with open(out_path, "wb") as f:
+    pickle.dump(out, f)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
