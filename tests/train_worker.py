@@ -12,10 +12,10 @@ From one sharded initial state and three synthetic batches it runs the trainer's
 own jitted step (`trainer.setup` + `trainer.jit_step`):
   - steps 1-3 on one device, and again on the batches with their rows permuted
     (the round-off reference: only the float32 summation order changes);
-  - step 2 from the one-device state after step 1 with 2-step accumulation;
-  - steps 1-3 on a data=2 x fsdp=2 x tensor=2 mesh, and from that same state after
-    step 1: step 2 on the batch, the permuted batch, an all-masked batch and a
-    batch with NaN crops.
+  - steps 1-3 on a data=2 x fsdp=2 x tensor=2 mesh;
+  - from the one-device state after step 1 (where the learning rate is no longer
+    0), one step on that mesh: with 2-step accumulation, and without it on the
+    batch, the permuted batch, an all-masked batch and a batch with NaN crops.
 That is three compiled train steps (one device; sharded with and without
 accumulation): compile time dominates on 2 CPU cores.
 """
@@ -86,8 +86,12 @@ def tracing_context(mesh, rules):
     yield
 
 
-def log(message: str, start=time.time()) -> None:
-  print(f"[{time.time() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+_START = time.time()
+
+
+def log(message: str) -> None:
+  """Progress with elapsed seconds, to stderr (the test shows it when this fails)."""
+  print(f"[{time.time() - _START:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def main(out_path: str, overrides_json: str) -> None:
