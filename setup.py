@@ -21,6 +21,7 @@ _CORE = [
     "grain",  # host input pipeline
     "tensorflow-datasets",  # TFDS sources (array_record format; no TensorFlow needed)
     "tensorboardX",  # training metrics
+    "scikit-learn",  # the bundled digits of the main job (tools/make_digits.py)
 ]
 _TORCH = ["torch==2.13.0", "transformers>=4.41", "safetensors"]
 

@@ -37,11 +37,33 @@ def tiny_gqa() -> XGenMMConfig:
   return base.replace(text=text)
 
 
+def digits() -> XGenMMConfig:
+  """The digits model (tools/make_digits.py): 16 px crops, one patch each, 4 latents.
+
+  Sized for CPU training in minutes. The real tokenizer's 32064-row tables dominate
+  its parameters and the head's 32015 logits per token dominate its compute, so
+  the decoder is narrow (64) and each image is only 4 vision tokens. Grid (4, 1)
+  joins the reference's grids so a row of four digits gets one crop per digit.
+  One patch per crop: trained from scratch on CPU, 4×4 px patches reached 34% and
+  8×8 px 60% on held-out digit VQA after 150 steps, whole-crop patches 82%.
+  """
+  return XGenMMConfig(
+      vision=VisionConfig(image_size=16, patch_size=16, width=64, mlp_dim=128, depth=2,
+                          num_heads=4, with_head=False),
+      resampler=ResamplerConfig(width=64, out_width=64, num_latents=4, depth=2,
+                                num_heads=4, head_dim=16, ff_mult=2),
+      text=TextConfig(width=64, depth=4, num_heads=4, num_kv_heads=4, head_dim=16,
+                      mlp_dim=256),
+      anyres_grids=((1, 2), (2, 1), (2, 2), (3, 1), (1, 3), (4, 1)),
+  )
+
+
 PRESETS = {
     "xgenmm_4b": xgenmm_4b,
     "xgenmm_14b": xgenmm_14b,
     "tiny": tiny,
     "tiny_gqa": tiny_gqa,
+    "digits": digits,
 }
 
 

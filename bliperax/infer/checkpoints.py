@@ -1,0 +1,74 @@
+"""Load parameters for inference from a parameter checkpoint or a training workdir.
+
+Accepted paths:
+  * a parameter checkpoint (`bliperax.convert.params_io`: `bliperax.json` + `params/`);
+  * a training workdir (`python -m bliperax.train --workdir=...`): its latest step;
+  * its `checkpoints/` folder, or one step folder `checkpoints/<step>/`.
+For training checkpoints the model config comes from `checkpoints/config.json`
+(the experiment config the trainer saved), so nothing else has to be passed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Tuple
+
+import ml_collections
+
+from bliperax.convert import params_io
+from bliperax.models.config import XGenMMConfig
+
+
+class CheckpointNotFound(FileNotFoundError):
+  """The path is neither a parameter checkpoint nor a training checkpoint."""
+
+
+def _step_dir(path: pathlib.Path) -> pathlib.Path:
+  """The step folder holding `state/` for a workdir, checkpoints/ or step path."""
+  if (path / "state").is_dir():
+    return path
+  folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  steps = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()
+           and (p / "state").is_dir()] if folder.is_dir() else []
+  if not steps:
+    raise CheckpointNotFound(
+        f"{path}: no checkpoint here (expected a parameter checkpoint with "
+        f"{params_io.CARD}, or a training workdir with checkpoints/<step>/state)")
+  return max(steps, key=lambda p: int(p.name))
+
+
+def _train_config(step_dir: pathlib.Path) -> ml_collections.ConfigDict:
+  config_path = step_dir.parent / "config.json"
+  if not config_path.exists():
+    raise CheckpointNotFound(f"{step_dir}: no {config_path.name} beside the step folders, "
+                             "so the model config is unknown")
+  return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
+def load(path: str | os.PathLike) -> Tuple[dict, XGenMMConfig]:
+  """(params as arrays, model config) from any accepted path (module docstring).
+
+  Raises:
+    CheckpointNotFound: nothing loadable at `path`.
+  """
+  path = pathlib.Path(path).absolute()
+  if not path.exists():
+    raise CheckpointNotFound(f"{path}: does not exist")
+  if (path / params_io.CARD).exists():
+    params, model_cfg, _ = params_io.load_params(path)
+    return params, model_cfg
+  step_dir = _step_dir(path)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
+  model_cfg = trainer.model_config(_train_config(step_dir))
+  # No target tree: Orbax restores what was saved (params and optimizer state);
+  # only the params are kept.
+  state = ocp.StandardCheckpointer().restore(step_dir / "state")
+  return state["params"], model_cfg
+
+
+def export(path: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
+  """Writes the params at `path` as a parameter checkpoint (for `model.init_from`)."""
+  params, model_cfg = load(path)
+  return params_io.save_params(dst, params, model_cfg, overwrite=True)

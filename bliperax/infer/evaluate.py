@@ -1,0 +1,121 @@
+"""Exact-match evaluation of chat answers with greedy KV-cache decoding.
+
+A task is a shard set of `records.Chat` samples with one question and its
+answer. Each question becomes a generation prompt (the chat template up to
+`<|assistant|>\\n`, images as anyres crops or one base crop), prompts are
+decoded greedily in left-padded batches of one static shape per task (one
+compile per task), and an answer counts when the generated text, stripped of
+surrounding whitespace and cut at `<|end|>`, equals the reference answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from bliperax.data import batch as batch_lib
+from bliperax.data import records
+from bliperax.data import text as text_lib
+from bliperax.data.pipeline import decode_image
+from bliperax.infer import generate as generate_lib
+from bliperax.models.config import XGenMMConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  """One held-out question: its images (encoded files), text and reference answer."""
+  id: str
+  images: tuple[bytes, ...]
+  question: str
+  answer: str
+
+
+def questions_from_shards(paths, limit: int = 0) -> list[Question]:
+  """The single-turn chats of a shard set (the first `limit`, 0 = all)."""
+  out = []
+  for sample in records.read_samples(paths):
+    if not isinstance(sample, records.Chat) or len(sample.turns) != 2:
+      raise ValueError(f"{sample.id}: evaluation needs single-turn chats, got "
+                       f"{type(sample).__name__} with {len(getattr(sample, 'turns', ()))} turns")
+    out.append(Question(sample.id, sample.images, sample.turns[0], sample.turns[1]))
+    if limit and len(out) >= limit:
+      break
+  return out
+
+
+def prompt_example(question: str, images: Sequence, model_cfg: XGenMMConfig,
+                   tokenizer: text_lib.Tokenizer, anyres: bool,
+                   system: Optional[str] = None) -> batch_lib.Example:
+  """A generation prompt with its images expanded into vision slots.
+
+  Args:
+    question: the user turn, with one `<image>` per image.
+    images: PIL images or encoded image bytes, in `<image>` order.
+  Raises:
+    ValueError: an image does not decode, or markers and images disagree.
+  """
+  pil = [decode_image(im) if isinstance(im, bytes) else im.convert("RGB") for im in images]
+  n_markers = question.count(text_lib.IMAGE_TOKEN)
+  if n_markers != len(pil):
+    raise ValueError(f"the prompt has {n_markers} {text_lib.IMAGE_TOKEN} marker(s) but "
+                     f"{len(pil)} image(s) were given")
+  rendered = text_lib.render_chat([question], tokenizer, system=system)
+  vision = [batch_lib.prepare_image(im, model_cfg, anyres) for im in pil]
+  return batch_lib.expand(rendered.ids, None, vision, model_cfg.resampler.num_latents,
+                          model_cfg.vision.image_size)
+
+
+def answer_text(ids: Sequence[int], tokenizer: text_lib.Tokenizer) -> str:
+  """Generated ids -> text up to the first end token, specials dropped, stripped."""
+  out = []
+  for t in ids:
+    if int(t) in tokenizer.eos_ids:
+      break
+    out.append(int(t))
+  return tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example],
+           tokenizer: text_lib.Tokenizer, max_new_tokens: int, batch_size: int,
+           progress: Optional[Callable[[int], None]] = None) -> list[str]:
+  """Greedy answers to prompts, in batches of one static shape (the last one padded)."""
+  length = max(len(e.tokens) for e in examples)
+  crops = max(len(e.crops) for e in examples)
+  groups = max(len(e.group_index) for e in examples)
+  outputs = []
+  for start in range(0, len(examples), batch_size):
+    chunk = list(examples[start:start + batch_size])
+    real = len(chunk)
+    chunk += [chunk[-1]] * (min(batch_size, len(examples)) - real)  # same shape every batch
+    prompt = batch_lib.collate(chunk, model_cfg, tokenizer.pad_id, side="left",
+                               length=length, num_crops=crops, num_groups=groups)
+    ids = generate_lib.generate(params, model_cfg, prompt, max_new_tokens,
+                                eos_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id)
+    outputs += [answer_text(row, tokenizer) for row in ids[:real]]
+    if progress:
+      progress(len(outputs))
+  return outputs
+
+
+def evaluate_task(params, model_cfg: XGenMMConfig, questions: Sequence[Question],
+                  tokenizer: text_lib.Tokenizer, anyres: bool, max_new_tokens: int = 8,
+                  batch_size: int = 64, system: Optional[str] = None,
+                  progress: Optional[Callable[[int], None]] = None) -> dict:
+  """Exact-match accuracy of one task; also every prediction (id, answer, prediction)."""
+  t0 = time.time()
+  examples = [prompt_example(q.question, q.images, model_cfg, tokenizer, anyres, system)
+              for q in questions]
+  predictions = answer(params, model_cfg, examples, tokenizer, max_new_tokens, batch_size,
+                       progress)
+  correct = [p == q.answer for p, q in zip(predictions, questions)]
+  return {
+      "accuracy": float(np.mean(correct)) if correct else 0.0,
+      "correct": int(sum(correct)),
+      "total": len(correct),
+      "anyres": bool(anyres),
+      "seconds": round(time.time() - t0, 2),
+      "predictions": [{"id": q.id, "answer": q.answer, "prediction": p}
+                      for q, p in zip(questions, predictions)],
+  }

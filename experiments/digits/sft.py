@@ -1,0 +1,48 @@
+r"""Digits, stage 2: chat fine-tuning on VQA, sums and wide-number reading, then evaluation.
+
+  python -m bliperax.train --config=experiments/digits/sft.py:root=/tmp/digits \
+      --config.model.init_from=/tmp/digits_run/pretrain_params --workdir=/tmp/digits_run/sft
+  python -m bliperax.evaluate --config=experiments/digits/sft.py:root=/tmp/digits \
+      --checkpoint=/tmp/digits_run/sft
+
+`init_from` takes a parameter checkpoint; `python -m bliperax.export_params` (or
+tools/main_job.sh) writes one from the pre-training workdir.
+Knobs: root=DIR, steps=N, batch=B, workers=N.
+
+Only the reading task uses anyres (SPEC.md §3, with grid (4, 1) added): a row
+of n digits becomes the squashed global crop plus n one-digit crops, so
+(1+n)·4 vision tokens. VQA and sums see one base crop per image. Chats carry
+no system turn, to keep rows short on CPU; `cfg.eval` tells
+`bliperax.evaluate` where the held-out chats are and how to crop them.
+"""
+import ml_collections
+
+from bliperax import configs
+
+# task -> (training weight, anyres)
+TASKS = {"vqa": (1.0, False), "sum": (2.0, False), "read": (2.0, True)}
+
+
+def get_config(arg=None):
+  knobs = configs.parse_arg(arg)
+  root = knobs.get("root", "/tmp/digits")
+  c = configs.base("digits")
+  c.total_steps = int(knobs.get("steps", 200))
+  c.log_every = 25
+  c.checkpoint_every = c.total_steps
+  c.keep_checkpoints = 1
+  c.optim.update(lr=3e-3, warmup_steps=20, final_lr_ratio=0.05, b2=0.98,
+                 weight_decay=0.01, freeze=())
+  c.train.update(global_batch=int(knobs.get("batch", 16)), seq_len=96)
+  c.data = ml_collections.ConfigDict(dict(
+      kind="grain", seed=1, shuffle=True, num_epochs=0, pack=True, max_segments=0,
+      max_crops=12, max_groups=0, max_images=4, worker_count=int(knobs.get("workers", 0)),
+      worker_buffer_size=2, read_threads=1, read_buffer_size=32, tokenizer="",
+      reference_compatible=False, system=None))
+  c.data.sources = ml_collections.ConfigDict({
+      task: dict(paths=f"{root}/train/{task}", weight=weight, anyres=anyres)
+      for task, (weight, anyres) in TASKS.items()})
+  c.eval = ml_collections.ConfigDict(dict(
+      root=f"{root}/heldout", tasks=",".join(TASKS), max_new_tokens=8, batch_size=64,
+      anyres=",".join(t for t, (_, a) in TASKS.items() if a)))
+  return c

@@ -1,0 +1,44 @@
+"""A short digits run (tiny data, few steps) shared by the digits and CLI tests.
+
+`short_run()` builds it once per test process: data, 2 pre-training steps,
+export of the params, 3 fine-tuning steps. The model barely learns; the tests
+check the plumbing and the decoding, not accuracy.
+"""
+import atexit
+import functools
+import importlib.util
+import pathlib
+import shutil
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config(name: str, data: pathlib.Path, steps: int):
+  """experiments/digits/<name>.py at `steps` steps with rows small enough for tests."""
+  path = ROOT / "experiments" / "digits" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"digits_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(f"root={data},steps={steps},batch=2")
+  cfg.log_every = 1
+  return cfg
+
+
+@functools.lru_cache(maxsize=1)
+def short_run() -> dict:
+  """Paths of the run: data, pretrain, pretrain_params, sft (training workdirs)."""
+  from bliperax.data import digits  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
+  work = pathlib.Path(tempfile.mkdtemp(prefix="bliperax_digits_"))
+  atexit.register(shutil.rmtree, work, ignore_errors=True)
+  data = work / "data"
+  digits.write_dataset(data, num_sum=16, num_read=16, num_heldout=6, num_shards=1)
+  trainer.train(config("pretrain", data, 2), str(work / "pretrain"))
+  checkpoints.export(work / "pretrain", work / "pretrain_params")
+  sft = config("sft", data, 3)
+  sft.model.init_from = str(work / "pretrain_params")
+  trainer.train(sft, str(work / "sft"))
+  return {"work": work, "data": data, "pretrain": work / "pretrain",
+          "pretrain_params": work / "pretrain_params", "sft": work / "sft"}

@@ -1,0 +1,142 @@
+"""Inference on the short digits run: KV-cache decoding, the generate CLI, bad CLI input."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bliperax.data import batch as batch_lib
+from bliperax.data import digits
+from bliperax.data import text as text_lib
+from bliperax.infer import checkpoints
+from bliperax.infer import evaluate as eval_lib
+from bliperax.infer import generate as generate_lib
+from bliperax.models.xgenmm import XGenMM
+from digits_run import ROOT, short_run
+
+_ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=_ENV,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def trained():
+  run = short_run()
+  params, cfg = checkpoints.load(run["sft"])
+  return run, params, cfg
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  train, _ = digits.load_splits()
+  paths = []
+  for i in range(2):
+    path = folder / f"digit{i}.png"
+    digits.digit_image(train.images[i]).save(path)
+    paths.append(str(path))
+  wide = folder / "wide.png"
+  digits.row_image(train.images[:4]).save(wide)
+  broken = folder / "broken.png"
+  broken.write_bytes(b"\x89PNG this is not an image")
+  return {"digits": paths, "wide": str(wide), "broken": str(broken)}
+
+
+def test_load_accepts_workdir_step_and_params(trained):
+  run, params, cfg = trained
+  step_dir = max((run["sft"] / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
+  for path in (run["sft"] / "checkpoints", step_dir):
+    other, other_cfg = checkpoints.load(path)
+    assert other_cfg == cfg
+    for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(a, b)
+  exported, exported_cfg = checkpoints.load(run["pretrain_params"])
+  assert exported_cfg == cfg
+  assert set(exported) == set(params)
+  with pytest.raises(checkpoints.CheckpointNotFound):
+    checkpoints.load(run["work"] / "nope")
+  with pytest.raises(checkpoints.CheckpointNotFound):
+    checkpoints.load(run["data"])
+
+
+def test_kv_cache_generate_equals_full_recomputation(trained, images):
+  """Greedy decoding with the cache = argmax of a full forward after every token."""
+  _, params, cfg = trained
+  tokenizer = text_lib.Tokenizer()
+  from PIL import Image
+  examples = [
+      eval_lib.prompt_example("<image>\nRead the number.", [Image.open(images["wide"])],
+                              cfg, tokenizer, anyres=True),
+      eval_lib.prompt_example("<image>\n<image>\nWhat is the sum of these digits?",
+                              [Image.open(p) for p in images["digits"]], cfg, tokenizer,
+                              anyres=False),
+  ]
+  prompt = batch_lib.collate(examples, cfg, tokenizer.pad_id, side="left")
+  steps = 6
+  cached = generate_lib.generate(params, cfg, prompt, steps, eos_ids=())
+  inputs = {k: jnp.asarray(prompt[k]) for k in batch_lib.MODEL_KEYS}
+  # Unused group slots point one past the prompt (dropped); appending tokens would
+  # bring that slot into range, so point them far away instead.
+  t = prompt["tokens"].shape[1]
+  inputs["vision_slots"] = jnp.where(inputs["vision_slots"] >= t, 1 << 20,
+                                     inputs["vision_slots"])
+  model = XGenMM(cfg)
+  expected = []
+  for _ in range(steps):
+    logits = model.apply({"params": params}, **inputs)
+    nxt = np.asarray(jnp.argmax(logits[:, -1], axis=-1)).astype(np.int32)
+    expected.append(nxt)
+    b = nxt.shape[0]
+    inputs["tokens"] = jnp.concatenate([inputs["tokens"], nxt[:, None]], axis=1)
+    inputs["positions"] = jnp.concatenate([inputs["positions"],
+                                           inputs["positions"][:, -1:] + 1], axis=1)
+    inputs["segment_ids"] = jnp.concatenate([inputs["segment_ids"],
+                                             jnp.ones((b, 1), jnp.int32)], axis=1)
+  np.testing.assert_array_equal(cached, np.stack(expected, axis=1))
+
+
+@pytest.mark.slow  # two CLI compiles; the decoding itself is covered above
+def test_generate_cli_streams_greedy_and_sampled(trained, images):
+  run, _, _ = trained
+  greedy = _cli("bliperax.generate", f"--checkpoint={run['sft']}",
+                f"--image={images['digits'][0]}", f"--image={images['digits'][1]}",
+                "--prompt=What is the sum of these digits?", "--max_new_tokens=4")
+  assert greedy.returncode == 0, greedy.stderr[-3000:]
+  sampled = _cli("bliperax.generate", f"--checkpoint={run['sft']}",
+                 f"--image={images['wide']}", "--prompt=<image>\nRead the number.",
+                 "--max_new_tokens=4", "--temperature=1.0", "--top_k=5", "--seed=3")
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+
+
+def test_generate_cli_bad_input(trained, images, tmp_path):
+  run, _, _ = trained
+  missing = _cli("bliperax.generate", f"--checkpoint={tmp_path / 'none'}",
+                 f"--image={images['wide']}", "--prompt=Read the number.")
+  assert missing.returncode != 0
+  assert "cannot load --checkpoint" in missing.stderr and "does not exist" in missing.stderr
+  broken = _cli("bliperax.generate", f"--checkpoint={run['sft']}",
+                f"--image={images['broken']}", "--prompt=What digit is this?")
+  assert broken.returncode != 0
+  assert "undecodable image" in broken.stderr and "broken.png" in broken.stderr
+  markers = _cli("bliperax.generate", f"--checkpoint={run['sft']}",
+                 f"--image={images['wide']}", "--prompt=<image>\n<image>\nRead.")
+  assert markers.returncode != 0
+  assert "2 <image> marker(s) but 1 image(s)" in markers.stderr
+  unreadable = _cli("bliperax.generate", f"--checkpoint={run['sft']}",
+                    f"--image={tmp_path / 'absent.png'}", "--prompt=Read.")
+  assert unreadable.returncode != 0 and "cannot read --image" in unreadable.stderr
+
+
+def test_evaluate_cli_bad_input(trained, tmp_path):
+  run, _, _ = trained
+  config = f"--config=experiments/digits/sft.py:root={run['data']}"
+  missing = _cli("bliperax.evaluate", config, f"--checkpoint={tmp_path / 'none'}")
+  assert missing.returncode != 0 and "cannot load --checkpoint" in missing.stderr
+  no_task = _cli("bliperax.evaluate", config, f"--checkpoint={run['sft']}", "--tasks=poetry")
+  assert no_task.returncode != 0 and "no held-out shards for task 'poetry'" in no_task.stderr
