@@ -81,7 +81,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
                                     _split_micro(batch, accum_steps))
-  grad_norm = optax.global_norm(
+  grad_norm = optax.tree.norm(
       jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
