@@ -124,6 +124,28 @@ def expand(ids: Sequence[int], labels: Optional[Sequence[int]], images: Sequence
                  index.astype(np.int32), mask.astype(bool), np.asarray(slots, np.int32))
 
 
+def padding_batch(b: int, t: int, c: int, g: int, crop_size: int, patches: int,
+                  latents: int, pad_id: int) -> dict:
+  """Batch arrays holding nothing but padding (the static shapes of `collate`).
+
+  tokens, labels, positions, segment_ids int32[B, T]; crops float32[B, C, S, S, 3];
+  crop_valid bool[B, C]; group_index int32[B, G, P]; group_mask bool[B, G, P];
+  group_valid bool[B, G]; vision_slots int32[B, G·L] (T where unused: dropped).
+  """
+  return dict(
+      tokens=np.full((b, t), pad_id, np.int32),
+      labels=np.full((b, t), IGNORE, np.int32),
+      positions=np.zeros((b, t), np.int32),
+      segment_ids=np.zeros((b, t), np.int32),
+      crops=np.zeros((b, c, crop_size, crop_size, 3), np.float32),
+      crop_valid=np.zeros((b, c), bool),
+      group_index=np.zeros((b, g, patches), np.int32),
+      group_mask=np.zeros((b, g, patches), bool),
+      group_valid=np.zeros((b, g), bool),
+      vision_slots=np.full((b, g * latents), t, np.int32),  # T = out of range: dropped
+  )
+
+
 def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
             side: str = "right", length: Optional[int] = None,
             num_crops: Optional[int] = None, num_groups: Optional[int] = None) -> dict:
@@ -145,17 +167,7 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
   t = length or max(len(e.tokens) for e in examples)
   c = num_crops if num_crops is not None else max(1, max(len(e.crops) for e in examples))
   g = num_groups if num_groups is not None else max(1, max(len(e.group_index) for e in examples))
-  batch = dict(
-      tokens=np.full((b, t), pad_id, np.int32),
-      labels=np.full((b, t), IGNORE, np.int32),
-      segment_ids=np.zeros((b, t), np.int32),
-      crops=np.zeros((b, c, s, s, 3), np.float32),
-      crop_valid=np.zeros((b, c), bool),
-      group_index=np.zeros((b, g, p), np.int32),
-      group_mask=np.zeros((b, g, p), bool),
-      group_valid=np.zeros((b, g), bool),
-      vision_slots=np.full((b, g * lat), t, np.int32),  # T = out of range: dropped
-  )
+  batch = padding_batch(b, t, c, g, s, p, lat, pad_id)
   for row, e in enumerate(examples):
     n = len(e.tokens)
     if n > t or len(e.crops) > c or len(e.group_index) > g:

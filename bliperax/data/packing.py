@@ -208,20 +208,8 @@ def empty_batch(rows: int, limits: Limits, dims: RowDims, pad_id: int
     crop_valid bool[B, C]; group_index int32[B, G, P]; group_mask bool[B, G, P];
     group_valid bool[B, G]; vision_slots int32[B, G·L] (T where unused: dropped).
   """
-  b, t, c, g = rows, limits.length, limits.crops, limits.groups
-  s, p, lat = dims.crop_size, dims.patches, dims.latents
-  return dict(
-      tokens=np.full((b, t), pad_id, np.int32),
-      labels=np.full((b, t), IGNORE, np.int32),
-      positions=np.zeros((b, t), np.int32),
-      segment_ids=np.zeros((b, t), np.int32),
-      crops=np.zeros((b, c, s, s, 3), np.float32),
-      crop_valid=np.zeros((b, c), bool),
-      group_index=np.zeros((b, g, p), np.int32),
-      group_mask=np.zeros((b, g, p), bool),
-      group_valid=np.zeros((b, g), bool),
-      vision_slots=np.full((b, g * lat), t, np.int32),
-  )
+  return batch_lib.padding_batch(rows, limits.length, limits.crops, limits.groups,
+                                  dims.crop_size, dims.patches, dims.latents, pad_id)
 
 
 @dataclasses.dataclass(frozen=True)
