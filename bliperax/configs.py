@@ -45,7 +45,9 @@ def base(preset: str) -> ml_collections.ConfigDict:
       weight_decay=0.0, grad_clip=1.0, freeze=("^vision/",)))
 
   c.train = ml_collections.ConfigDict(dict(
-      global_batch=8, seq_len=256, accum_steps=1, images_per_row=1))
+      global_batch=8, seq_len=256, accum_steps=1, images_per_row=1,
+      # > 0: run the head only at the first K loss positions of each row (train/step.py).
+      loss_tokens_per_row=0))
   c.data = ml_collections.ConfigDict(dict(kind="synthetic", seed=0))
   c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=1,
                                                  process_id=0))

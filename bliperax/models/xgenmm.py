@@ -80,16 +80,28 @@ class XGenMM(nn.Module):
     x = x.at[jnp.arange(b)[:, None], vision_slots].set(vis, mode="drop")
     return _constrain(x, BTD)
 
+  def features(self, tokens: Array, positions: Array, segment_ids: Array,
+               crops: Optional[Array] = None, group_index: Optional[Array] = None,
+               group_mask: Optional[Array] = None,
+               vision_slots: Optional[Array] = None) -> Array:
+    """The decoder's final hidden state [B, T, D] (after the final norm), sown as 'hidden'."""
+    x = self.embed(tokens, crops, group_index, group_mask, vision_slots)
+    hidden = _constrain(self.lm.decoder(x, positions, segment_ids), BTD)
+    self.sow("intermediates", "hidden", hidden)
+    return hidden
+
+  def logits(self, hidden: Array) -> Array:
+    """hidden [B, K, D] -> logits float32[B, K, V] (K: all positions or a gathered subset)."""
+    return _constrain(self.lm.head(hidden),
+                      ("activation_batch", "activation_length", "activation_vocab"))
+
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
                crops: Optional[Array] = None, group_index: Optional[Array] = None,
                group_mask: Optional[Array] = None,
                vision_slots: Optional[Array] = None) -> Array:
     """Returns logits float32[B, T, V]; the final hidden state is sown as 'hidden'."""
-    x = self.embed(tokens, crops, group_index, group_mask, vision_slots)
-    hidden = _constrain(self.lm.decoder(x, positions, segment_ids), BTD)
-    self.sow("intermediates", "hidden", hidden)
-    return _constrain(self.lm.head(hidden),
-                      ("activation_batch", "activation_length", "activation_vocab"))
+    return self.logits(self.features(tokens, positions, segment_ids, crops, group_index,
+                                      group_mask, vision_slots))
 
 
 def dummy_inputs(cfg: XGenMMConfig, batch: int = 1, length: int = 8, crops: int = 1,

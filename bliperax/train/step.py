@@ -5,6 +5,11 @@ whole global batch and divided by their global count (a row without loss tokens 
 zero; an all-masked batch gives loss 0, never NaN). Gradient accumulation splits the
 batch into k micro-batches and sums their gradients of that same normalised loss, so
 k micro-batches equal one big batch up to float32 round-off.
+
+With `loss_tokens_per_row` = K > 0 the head runs only at the first K loss positions
+of each row (losses.loss_positions) instead of all T: the same loss when no row has
+more than K loss tokens, and far cheaper when few tokens carry loss (SFT answers).
+Tokens past the cap are left out of the loss and counted in `dropped_loss_tokens`.
 """
 from __future__ import annotations
 
@@ -59,16 +64,28 @@ def _split_micro(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
                tx: optax.GradientTransformation, accum_steps: int,
                lr_schedule: Callable[[jax.Array], jax.Array],
-               trainable: Any) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               trainable: Any, loss_tokens_per_row: int = 0
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and scalar metrics."""
   labels = batch["labels"]
-  count = jnp.sum(labels[:, 1:] != losses.IGNORE)
+  wanted = jnp.sum(labels[:, 1:] != losses.IGNORE)
+  if loss_tokens_per_row:
+    count = jnp.sum(losses.loss_positions(labels, loss_tokens_per_row)[2])
+  else:
+    count = wanted
   denom = jnp.maximum(count, 1).astype(jnp.float32)
 
   def loss_fn(params, micro):
-    logits = model.apply({"params": params}, **{k: micro[k] for k in MODEL_KEYS})
-    nll, _ = losses.token_nll(logits, micro["labels"])
-    return jnp.sum(nll) / denom
+    inputs = {k: micro[k] for k in MODEL_KEYS}
+    if not loss_tokens_per_row:
+      logits = model.apply({"params": params}, **inputs)
+      nll, _ = losses.token_nll(logits, micro["labels"])
+      return jnp.sum(nll) / denom
+    hidden = model.apply({"params": params}, **inputs, method=XGenMM.features)
+    positions, targets, _ = losses.loss_positions(micro["labels"], loss_tokens_per_row)
+    picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [b, K, D]
+    logits = model.apply({"params": params}, picked, method=XGenMM.logits)
+    return jnp.sum(losses.gathered_nll(logits, targets)) / denom
 
   grad_fn = jax.value_and_grad(loss_fn)
   if accum_steps == 1:
@@ -90,6 +107,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
       "grad_norm": grad_norm,
       "learning_rate": lr_schedule(state.step),
       "loss_tokens": count,
+      "dropped_loss_tokens": wanted - count,
       "skipped_updates": opt_state.total_notfinite,
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

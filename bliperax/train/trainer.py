@@ -104,7 +104,8 @@ def setup(cfg: ml_collections.ConfigDict, mesh) -> Dict[str, Any]:
   trainable = optim.trainable_mask(abstract_params, cfg.optim.get("freeze", ()))
   step_fn = functools.partial(
       train_step, model=model, tx=tx, accum_steps=cfg.train.get("accum_steps", 1),
-      lr_schedule=optim.schedule(cfg.optim, cfg.total_steps), trainable=trainable)
+      lr_schedule=optim.schedule(cfg.optim, cfg.total_steps), trainable=trainable,
+      loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0))
   return dict(model_cfg=model_cfg, rules=rules, model=model, tx=tx, init_fn=init_fn,
               state_shardings=state_shardings, abstract_state=abstract_state,
               step_fn=step_fn)
@@ -204,6 +205,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                 "tokens_per_s": tokens / step_time, "tflops_per_device": tflops}
         if peak:
           last["mfu"] = tflops * 1e12 / peak
+        if last.get("dropped_loss_tokens") and is_main:
+          print(f"warning: step {step} left {last['dropped_loss_tokens']} loss tokens out "
+                f"(more than train.loss_tokens_per_row={cfg.train.loss_tokens_per_row} in a "
+                "row); raise it", flush=True)
         writer.write(step, last)
         window_start, window_wait, window_steps = time.time(), 0.0, 0
       saved = step % cfg.checkpoint_every == 0 or step == cfg.total_steps
