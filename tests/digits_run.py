@@ -34,7 +34,8 @@ def short_run() -> dict:
   work = pathlib.Path(tempfile.mkdtemp(prefix="bliperax_digits_"))
   atexit.register(shutil.rmtree, work, ignore_errors=True)
   data = work / "data"
-  digits.write_dataset(data, num_sum=16, num_read=16, num_heldout=6, num_shards=1)
+  digits.write_dataset(data, num_sum=16, num_read=16, num_heldout=6, num_shards=1,
+                        caption_copies=1)
   trainer.train(config("pretrain", data, 2), str(work / "pretrain"))
   checkpoints.export(work / "pretrain", work / "pretrain_params")
   sft = config("sft", data, 3)

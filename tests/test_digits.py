@@ -38,6 +38,32 @@ def test_shards_hold_every_task():
   assert image.size == (digits.DIGIT_PX * len(read.turns[1]), digits.DIGIT_PX)
 
 
+def test_captions_name_the_digit_and_jitter_only_the_copies():
+  run = short_run()  # one jittered copy of each training digit
+  train, _ = digits.load_splits()
+  captions = list(records.read_samples(str(run["data"] / "train" / "caption")))
+  assert len(captions) == 2 * len(train.labels)
+  by_id = {c.id: c for c in captions}
+  from bliperax.data.pipeline import decode_image
+  for i in (0, 1, 2):
+    label = int(train.labels[i])
+    plain, jittered = by_id[f"caption-{i}"], by_id[f"caption-{i}-j1"]
+    for c in (plain, jittered):
+      assert digits.NAMES[label] in c.text or str(label) in c.text, c.text
+    plain_px = np.asarray(decode_image(plain.image))
+    np.testing.assert_array_equal(plain_px, np.asarray(digits.digit_image(train.images[i])))
+    assert not np.array_equal(np.asarray(decode_image(jittered.image)), plain_px)
+  # Every caption is one of the wordings, filled with its own digit's label; all are used.
+  used = set()
+  for c in captions:
+    label = int(train.labels[int(c.id.split("-")[1])])
+    wording = [t for t in digits.CAPTIONS
+               if t.format(name=digits.NAMES[label], digit=label) == c.text]
+    assert wording, c.text
+    used.add(wording[0])
+  assert used == set(digits.CAPTIONS)
+
+
 def test_reading_gets_one_crop_per_digit():
   from bliperax.data import batch as batch_lib
   from bliperax.models import presets
@@ -71,6 +97,22 @@ def test_short_pipeline_evaluation_json(tmp_path):
     assert r["anyres"] == (task == "read")
     assert all(set(p) == {"id", "answer", "prediction"} for p in r["predictions"])
   assert "task" in proc.stdout and "accuracy" in proc.stdout  # the table
+
+
+def test_main_job_prints_a_generate_command_per_task(tmp_path):
+  sys.path.insert(0, str(ROOT / "tools"))
+  import main_job  # pylint: disable=g-import-not-at-top
+  run = short_run()
+  commands = main_job._example_commands(run["data"] / "heldout", tmp_path, run["sft"])
+  assert len(commands) == len(digits.TASKS)
+  for task, command in zip(("vqa", "sum", "read"), commands):
+    sample = next(records.read_samples(str(run["data"] / "heldout" / task)))
+    assert command.startswith("python -m bliperax.generate")
+    assert command.count("--image=") == len(sample.images)
+    assert command.endswith(f"# true answer: {sample.turns[1]}")
+    assert f"--anyres={'true' if task == 'read' else 'false'}" in command
+    for i, image in enumerate(sample.images):
+      assert (tmp_path / f"{task}-{i}.png").read_bytes() == image
 
 
 @pytest.mark.slow

@@ -69,6 +69,13 @@ def test_resume_with_two_workers_in_a_fresh_process(shards, tmp_path):
   assert batches[0]["crops"].shape == (4, 10, 56, 56, 3)
 
 
+def test_resume_with_thread_prefetch_in_a_fresh_process(shards, tmp_path):
+  """A prefetching thread runs ahead; the saved state is still that of the last batch
+  handed out, so the restored iterator continues with the exact next batch."""
+  cfg = helpers.tiny_config(shards, thread_prefetch=3)
+  _resume_in_fresh_process(tmp_path, cfg, 1, skip=3, num=2)
+
+
 def test_resume_two_processes_in_fresh_processes(shards, tmp_path):
   """process_count=2: each process's slice resumes exactly, and the slices differ."""
   cfg = helpers.tiny_config(shards, batch=4)

@@ -45,6 +45,27 @@ def _train(stage: str, config: str, workdir: pathlib.Path, steps, extra=()) -> N
   _run(f"{stage}", argv)
 
 
+def _example_commands(heldout: pathlib.Path, out: pathlib.Path,
+                      checkpoint: pathlib.Path) -> list:
+  """Saves each task's first held-out question's images as PNG files; returns a
+  `python -m bliperax.generate` command per task that asks it, with the true answer."""
+  from bliperax.data import records  # pylint: disable=g-import-not-at-top
+  out.mkdir(parents=True, exist_ok=True)
+  commands = []
+  for task, anyres in (("vqa", False), ("sum", False), ("read", True)):
+    sample = next(records.read_samples(str(heldout / task)))
+    argv = ["python -m bliperax.generate", f"--checkpoint={checkpoint}",
+            f"--anyres={str(anyres).lower()}"]
+    for i, image in enumerate(sample.images):
+      path = out / f"{task}-{i}.png"
+      path.write_bytes(image)
+      argv.append(f"--image={path}")
+    question = sample.turns[0].splitlines()[-1]
+    argv.append(f'--prompt="{question}"')
+    commands.append(f"{' '.join(argv)}   # true answer: {sample.turns[1]}")
+  return commands
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -93,6 +114,9 @@ def main(argv):
     for p in result["predictions"][:_SHOW.value]:
       mark = "ok " if p["prediction"] == p["answer"] else "BAD"
       print(f"  {mark} {task:<5} {p['id']:<9} true={p['answer']!r:<8} model={p['prediction']!r}")
+  print("\n=== ask it yourself (held-out images saved under examples/):")
+  for command in _example_commands(data / "heldout", work / "examples", work / "sft"):
+    print(f"  {command}")
   rows = [(task, "anyres" if r["anyres"] else "base", r) for task, r in full.items()]
   rows.append(("read", "base", base))
   print("\n=== accuracy on the held-out split (exact match)")

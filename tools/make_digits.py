@@ -15,6 +15,9 @@ _NUM_READ = flags.DEFINE_integer("num_read", 6000, "Training samples of the read
 _NUM_HELDOUT = flags.DEFINE_integer("num_heldout", 200,
                                     "Held-out samples of the sum and reading tasks "
                                     "(vqa uses every held-out image).")
+_CAPTION_COPIES = flags.DEFINE_integer("caption_copies", 4,
+                                       "Jittered copies of each training digit among the "
+                                       "captions (besides the digit as is).")
 _SEED = flags.DEFINE_integer("seed", 0, "Split and sampling seed.")
 flags.mark_flag_as_required("output")
 
@@ -25,7 +28,7 @@ def main(argv):
   from bliperax.data import digits  # after flags: keeps --help fast
   summary = digits.write_dataset(_OUTPUT.value, num_sum=_NUM_SUM.value,
                                  num_read=_NUM_READ.value, num_heldout=_NUM_HELDOUT.value,
-                                 seed=_SEED.value)
+                                 caption_copies=_CAPTION_COPIES.value, seed=_SEED.value)
   print(json.dumps(summary))
   return 0
 

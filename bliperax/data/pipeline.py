@@ -62,6 +62,9 @@ class PipelineConfig:
       see `text.Tokenizer`.
     worker_count: `mp_prefetch` processes (0: everything in this process).
     worker_buffer_size: batches each worker prepares ahead.
+    thread_prefetch: batches a background thread of this process prepares ahead
+      while the step runs (0: none). For `worker_count` 0 on small hosts, where
+      worker processes would only fight the step for cores.
     read_threads, read_buffer_size: Grain read threads (per worker) running
       `PrepareSample`, and how many samples they prepare ahead.
   """
@@ -78,6 +81,7 @@ class PipelineConfig:
   reference_compatible: bool = False
   worker_count: int = 0
   worker_buffer_size: int = 2
+  thread_prefetch: int = 0
   read_threads: int = 2
   read_buffer_size: int = 16
 
@@ -105,6 +109,7 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
           d.get("reference_compatible", False)),
       worker_count=int(d.get("worker_count", 0)),
       worker_buffer_size=int(d.get("worker_buffer_size", 2)),
+      thread_prefetch=int(d.get("thread_prefetch", 0)),
       read_threads=int(d.get("read_threads", 2)),
       read_buffer_size=int(d.get("read_buffer_size", 16)))
 
@@ -243,6 +248,9 @@ def build_dataset(pc: PipelineConfig, model_cfg: XGenMMConfig) -> grain.IterData
     _ensure_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=pc.worker_count, per_worker_buffer_size=pc.worker_buffer_size))
+  if pc.thread_prefetch > 0:
+    ds = grain.experimental.ThreadPrefetchIterDataset(
+        ds, prefetch_buffer_size=pc.thread_prefetch)
   return ds
 
 
