@@ -221,4 +221,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         break
   ckpt.close()
   writer.close()
+  if hasattr(source, "close"):  # stop prefetch threads/workers now, not at interpreter exit
+    source.close()
   return {"step": step, **last}
