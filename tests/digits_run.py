@@ -20,7 +20,7 @@ def config(name: str, data: pathlib.Path, steps: int):
   spec = importlib.util.spec_from_file_location(f"digits_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  cfg = module.get_config(f"root={data},steps={steps},batch=2")
+  cfg = module.get_config(f"root={data},steps={steps},batch=2,workers=0")
   cfg.log_every = 1
   return cfg
 

@@ -32,26 +32,11 @@ TASKS = {"vqa": (1.0, False), "sum": (5.0, False), "read": (2.0, True)}
 
 
 def get_config(arg=None):
-  knobs = configs.parse_arg(arg)
-  root = knobs.get("root", "/tmp/digits")
-  c = configs.base("digits")
-  c.total_steps = int(knobs.get("steps", 1200))
-  c.log_every = 25
-  c.checkpoint_every = c.total_steps
-  c.keep_checkpoints = 1
-  c.optim.update(lr=3e-3, warmup_steps=20, final_lr_ratio=0.05, b2=0.98,
-                 weight_decay=0.01, freeze=("^lm/embed/",))
-  c.train.update(global_batch=int(knobs.get("batch", 16)), seq_len=96,
-                 loss_tokens_per_row=16)
-  c.data = ml_collections.ConfigDict(dict(
-      kind="grain", seed=1, shuffle=True, num_epochs=0, pack=True, max_segments=0,
-      max_crops=12, max_groups=0, max_images=4, worker_count=int(knobs.get("workers", 0)),
-      worker_buffer_size=2, thread_prefetch=2, read_threads=1, read_buffer_size=32,
-      tokenizer="",
-      reference_compatible=False, system=None))
-  c.data.sources = ml_collections.ConfigDict({
-      task: dict(paths=f"{root}/train/{task}", weight=weight, anyres=anyres)
-      for task, (weight, anyres) in TASKS.items()})
+  c = configs.digits_stage(
+      arg, steps=1200, seq_len=96, loss_tokens_per_row=16, freeze=("^lm/embed/",),
+      data_seed=1, max_crops=12, sources=TASKS)
+  c.data.system = None
+  root = configs.parse_arg(arg).get("root", configs.DIGITS_ROOT)
   c.eval = ml_collections.ConfigDict(dict(
       root=f"{root}/heldout", tasks=",".join(TASKS), max_new_tokens=8, batch_size=64,
       anyres=",".join(t for t, (_, a) in TASKS.items() if a)))
