@@ -114,6 +114,28 @@ def test_golden_round_trip_is_bit_exact(golden_dir, tmp_path, monkeypatch, scan)
   assert hf_config.xgenmm_from_hf(written) == hf_config.xgenmm_from_hf(config)
 
 
+def test_params_round_trip_with_an_orbax_numpy_handler_without_the_copy_option(
+    golden_dir, tmp_path, monkeypatch):
+  """Orbax versions whose NumpyHandler lacks `deepcopy_host_arrays` still save and load."""
+  real = params_io.type_handlers.NumpyHandler
+
+  class OlderNumpyHandler(real):
+    def __init__(self, **kwargs):
+      if "deepcopy_host_arrays" in kwargs:
+        raise TypeError("unexpected keyword argument 'deepcopy_host_arrays'")
+      super().__init__(**kwargs)
+
+  monkeypatch.setattr(params_io.type_handlers, "NumpyHandler", OlderNumpyHandler)
+  params, cfg, config = hf.load_xgenmm(golden_dir)
+  params_io.save_params(tmp_path / "orbax", params, cfg, config)
+  back, cfg2, _ = params_io.load_params(tmp_path / "orbax")
+  assert cfg2 == cfg
+  flat, flat_back = jax.tree.leaves(params), jax.tree.leaves(back)
+  assert len(flat) == len(flat_back)
+  for a, b in zip(flat, flat_back):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_bfloat16_round_trip_is_bit_exact(golden_dir, tmp_path):
   """Cast once with --dtype; after that bf16 -> Orbax -> HF changes no bit."""
   _run(CONVERT, "--from=hf", "--to=hf", "--dtype=bfloat16", "--noprogress",

@@ -41,11 +41,19 @@ CARD = "bliperax.json"
 FORMAT = 1
 
 
+def _numpy_handler() -> type_handlers.NumpyHandler:
+  """Orbax's numpy handler, told not to copy host arrays where the version allows it."""
+  try:
+    return type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+  except TypeError:  # orbax versions without the option (seen on a CUDA image): copies
+    return type_handlers.NumpyHandler()
+
+
 def _handler() -> ocp.PyTreeCheckpointHandler:
   """PyTree handler that writes numpy leaves in place (no deep copy, no compression)."""
   # Orbax's own handlers for everything else (jax arrays from a training run, scalars).
   registry = type_handlers.create_type_handler_registry(
-      (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (np.ndarray, _numpy_handler()),
       *[(ty, type_handlers.get_type_handler(ty)) for ty in (jax.Array, np.number, int, float)])
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_ocdbt=True,
                                      use_compression=False)
