@@ -10,7 +10,7 @@ import pytest
 
 from bliperax.data import digits
 from bliperax.data import records
-from digits_run import ROOT, short_run
+from digits_run import ROOT, config, short_run
 
 
 def test_splits_are_disjoint_and_fixed():
@@ -103,7 +103,9 @@ def test_main_job_prints_a_generate_command_per_task(tmp_path):
   sys.path.insert(0, str(ROOT / "tools"))
   import main_job  # pylint: disable=g-import-not-at-top
   run = short_run()
-  commands = main_job._example_commands(run["data"] / "heldout", tmp_path, run["sft"])
+  evaluated = config("sft", run["data"], 1).eval  # as bliperax.evaluate reports them
+  tasks = {t: t in evaluated.anyres.split(",") for t in evaluated.tasks.split(",")}
+  commands = main_job._example_commands(run["data"] / "heldout", tmp_path, run["sft"], tasks)
   assert len(commands) == len(digits.TASKS)
   for task, command in zip(("vqa", "sum", "read"), commands):
     sample = next(records.read_samples(str(run["data"] / "heldout" / task)))

@@ -58,14 +58,15 @@ def _train(stage: str, config: str, workdir: pathlib.Path, steps, extra=()) -> N
   _run(f"{stage}", argv)
 
 
-def _example_commands(heldout: pathlib.Path, out: pathlib.Path,
-                      checkpoint: pathlib.Path) -> list:
+def _example_commands(heldout: pathlib.Path, out: pathlib.Path, checkpoint: pathlib.Path,
+                      tasks: dict) -> list:
   """Saves each task's first held-out question's images as PNG files; returns a
-  `python -m bliperax.generate` command per task that asks it, with the true answer."""
+  `python -m bliperax.generate` command per task that asks it, with the true answer.
+  `tasks` maps each task to whether it was evaluated with anyres crops."""
   from bliperax.data import records  # pylint: disable=g-import-not-at-top
   out.mkdir(parents=True, exist_ok=True)
   commands = []
-  for task, anyres in (("vqa", False), ("sum", False), ("read", True)):
+  for task, anyres in tasks.items():
     sample = next(records.read_samples(str(heldout / task)))
     argv = ["python -m bliperax.generate", f"--checkpoint={checkpoint}",
             f"--anyres={str(anyres).lower()}"]
@@ -128,7 +129,8 @@ def main(argv):
       mark = "ok " if p["prediction"] == p["answer"] else "BAD"
       print(f"  {mark} {task:<5} {p['id']:<9} true={p['answer']!r:<8} model={p['prediction']!r}")
   print("\n=== ask it yourself (held-out images saved under examples/):")
-  for command in _example_commands(data / "heldout", work / "examples", work / "sft"):
+  anyres = {task: r["anyres"] for task, r in full.items()}
+  for command in _example_commands(data / "heldout", work / "examples", work / "sft", anyres):
     print(f"  {command}")
   rows = [(task, "anyres" if r["anyres"] else "base", r) for task, r in full.items()]
   rows.append(("read", "base", base))

@@ -62,9 +62,9 @@ class PipelineConfig:
       see `text.Tokenizer`.
     worker_count: `mp_prefetch` processes (0: everything in this process).
     worker_buffer_size: batches each worker prepares ahead.
-    thread_prefetch: batches a background thread of this process prepares ahead
-      while the step runs (0: none). For `worker_count` 0 on small hosts, where
-      worker processes would only fight the step for cores.
+    thread_prefetch: batches a background thread of this process fetches ahead
+      while the step runs, from the workers or, with `worker_count` 0, by
+      preparing them itself (0: none).
     read_threads, read_buffer_size: Grain read threads (per worker) running
       `PrepareSample`, and how many samples they prepare ahead.
   """
