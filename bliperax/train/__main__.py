@@ -2,9 +2,12 @@
 
   python -m bliperax.train --config=experiments/tiny.py --workdir=/tmp/run [--config.total_steps=50]
 
-Running again on the same workdir resumes from its latest checkpoint.
+Running again on the same workdir resumes from its latest checkpoint, if the workdir
+was made with the same config and code (bliperax/run_record.py); otherwise it stops
+with one line on stderr saying what differs, and exit status 1.
 """
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -20,8 +23,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from bliperax import run_record  # pylint: disable=g-import-not-at-top
   from bliperax.train import trainer  # after flags: keeps --help fast
-  result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  except run_record.RunMismatch as e:
+    # A refusal, not a crash: the message says what differs and how to start fresh.
+    sys.exit(f"bliperax.train: {e}")
   print(json.dumps(result))
 
 

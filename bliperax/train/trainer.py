@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bliperax import run_record
 from bliperax import sharding
 from bliperax.data.synthetic import SyntheticSource
 from bliperax.models import presets, xgenmm
@@ -142,6 +143,10 @@ def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains for cfg.total_steps (resuming from workdir); returns the last metrics."""
   workdir_path = pathlib.Path(workdir)
+  # Resume only the run this workdir was made with (same config and code); where it
+  # runs (mesh, processes) may change: checkpoints reshard on restore.
+  run_record.check_or_write(workdir_path, run_record.make(cfg), "training run",
+                            ignore=("config.mesh", "config.distributed"))
   workdir_path.mkdir(parents=True, exist_ok=True)
   dist = cfg.get("distributed", ml_collections.ConfigDict())
   sharding.maybe_initialize_distributed(dist.get("coordinator") or None,
