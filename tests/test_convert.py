@@ -4,6 +4,7 @@ Bit-exactness is checked on raw bytes (dtype name, shape and data of every tenso
 a conversion that rounds, reorders or re-types anything fails. Bad-input fixtures are
 copies of the golden checkpoint edited with the official `safetensors` library.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -328,6 +329,23 @@ def _bad_config(golden_dir, dst):
 _DOWN = "vlm.lang_model.model.layers.1.mlp.down_proj.weight"
 _LATENTS = "vlm.vision_tokenizer.latents"
 _BIAS = "vlm.lang_model.lm_head.bias"
+_EMBED = "vlm.lang_model.model.embed_tokens.weight"
+_HEAD = "vlm.lang_model.lm_head.weight"
+
+
+def _extra_row(name):
+  """An edit giving tensor `name` one more vocabulary row (its first axis)."""
+  return lambda t: t.update({name: np.concatenate([t[name], t[name][:1]])})
+
+
+def _extra_row_case(name, width=", 64"):
+  """A BAD_INPUTS entry: `name` has 32065 rows where the other vocabulary tensors have
+  32064; the error must blame `name`, not a tensor checked against it."""
+  shape = rf"\[32065{width}\], expected \[32064{width}\]"
+  return (lambda g, d: _edit_golden(g, d, _extra_row(name)),
+          rf"model\.safetensors: tensor '{name}' has shape {shape}")
+
+
 BAD_INPUTS = {
     "missing_tensor": (lambda g, d: _edit_golden(g, d, lambda t: t.pop(_DOWN)),
                        rf"missing tensor.*{_DOWN}"),
@@ -348,6 +366,9 @@ BAD_INPUTS = {
     "corrupt_header": (_corrupt_header, r"model\.safetensors: not a readable safetensors"),
     "missing_shard": (_missing_shard,
                       r"index\.json: shard model-00002-of-00005\.safetensors .* is missing"),
+    "extra_vocab_row_embedding": _extra_row_case(_EMBED),
+    "extra_vocab_row_head": _extra_row_case(_HEAD),
+    "extra_vocab_row_head_bias": _extra_row_case(_BIAS, width=""),
 }
 
 
@@ -375,6 +396,86 @@ def test_cli_bad_input_is_one_line_and_nonzero(golden_dir, tmp_path):
   assert lines[-1].startswith("error: ") and _DOWN in lines[-1]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_cli_blames_the_embedding_with_an_extra_vocab_row(golden_dir, tmp_path):
+  """The vocabulary size is read from the checkpoint; a wrong embedding must not make the
+  (correct) head look wrong. One line with tensor, file and both shapes; no output."""
+  src = _edit_golden(golden_dir, tmp_path / "src", _extra_row(_EMBED))
+  out = tmp_path / "out"
+  proc = _run(CONVERT, "--from=hf", f"--src={src}", f"--dst={out}", "--noprogress",
+              check=False)
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert lines == [f"error: {src / GOLDEN_FILE}: tensor '{_EMBED}' has shape [32065, 64], "
+                   "expected [32064, 64] for this config"], proc.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing at or beside out
+
+
+_SIGLIP_CONF = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                    num_attention_heads=4, image_size=28, patch_size=14)
+_PHI3_CONF = dict(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _write_backbones(root, edit_phi3=lambda t: None, phi3_conf=_PHI3_CONF):
+  """Tiny SigLIP and Phi-3 directories of zeros, named and shaped as the rules expect
+  (no transformers needed); `edit_phi3` edits the Phi-3 tensor dict before saving."""
+  vision, text = hf_config.vision_from_hf(_SIGLIP_CONF), hf_config.text_from_hf(_PHI3_CONF)
+  base = presets.tiny()
+  cfg = base.replace(vision=vision, text=text, resampler=dataclasses.replace(
+      base.resampler, width=vision.width, out_width=text.width))
+  shapes = {k: v.shape for k, v in layout.flatten(xgenmm.abstract_params(cfg)).items()}
+  dirs = []
+  for name, rules, conf, edit in (
+      ("siglip", mapping.vision_rules(cfg, prefix=""), _SIGLIP_CONF, lambda t: None),
+      ("phi3", mapping.lm_rules(cfg, prefix="", decoupled=False, head_bias=False), phi3_conf,
+       edit_phi3)):
+    tensors = {r.hf: np.zeros(mapping.hf_shape(r, [shapes[p] for p in r.paths]), np.float32)
+               for r in rules}
+    edit(tensors)
+    directory = root / name
+    directory.mkdir(parents=True)
+    safetensors.numpy.save_file(tensors, str(directory / GOLDEN_FILE), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(conf))
+    dirs.append(directory)
+  return dirs
+
+
+def test_backbones_blame_the_embedding_with_an_extra_vocab_row(tmp_path):
+  """Phi-3 has no head bias, so embedding and head tie; config.json's vocab_size decides."""
+  siglip, phi3 = _write_backbones(tmp_path / "ok")  # the helper itself is right
+  _, cfg, _ = hf.load_backbones(siglip, phi3, jax.random.PRNGKey(0))
+  assert cfg.text.vocab_rows == 32064
+
+  edit = _extra_row("model.embed_tokens.weight")
+  siglip, phi3 = _write_backbones(tmp_path / "embed", edit)
+  with pytest.raises(CheckpointError) as err:
+    hf.load_backbones(siglip, phi3, jax.random.PRNGKey(0))
+  assert str(err.value) == (f"{phi3 / GOLDEN_FILE}: tensor 'model.embed_tokens.weight' has "
+                            "shape [32065, 32], expected [32064, 32] for this config")
+
+  # Nothing says which of two disagreeing tensors is right: both are named.
+  siglip, phi3 = _write_backbones(tmp_path / "tie", edit, dict(_PHI3_CONF, vocab_size=40000))
+  with pytest.raises(CheckpointError,
+                     match=r"'model\.embed_tokens\.weight' has 32065 rows but 'lm_head\.weight' "
+                           r"has 32064.*implies 40000") as err:
+    hf.load_backbones(siglip, phi3, jax.random.PRNGKey(0))
+  assert str(phi3 / GOLDEN_FILE) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_export_blames_a_misshaped_parameter(golden_dir, tmp_path):
+  """bliperax -> HF checks the params against the config, naming the parameter and its
+  tensor, instead of writing a checkpoint that a later load would blame elsewhere."""
+  params, cfg, config = hf.load_xgenmm(golden_dir)
+  embed = params["lm"]["embed"]["embedding"]
+  params["lm"]["embed"]["embedding"] = np.concatenate([embed, embed[:1]])
+  with pytest.raises(CheckpointError) as err:
+    hf.save_xgenmm(params, cfg, tmp_path / "hf", source_config=config)
+  assert str(err.value) == (f"parameter 'lm/embed/embedding' (tensor '{_EMBED}') has shape "
+                            "[32065, 64], expected [32064, 64] for this config")
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_exports_leave_no_destination(golden_dir, tmp_path, monkeypatch):

@@ -3,10 +3,13 @@
 `load_xgenmm` reads a released-layout xGen-MM directory; `save_xgenmm` writes one the
 reference code loads; `load_backbones` starts a fresh xGen-MM from HF SigLIP and Phi-3
 checkpoints. Every tensor is validated (present, expected, shape, floating dtype)
-before any is converted, and errors name the tensor and file.
+before any is converted, and errors name the tensor and file; the vocabulary rows,
+which only the checkpoint knows, are the count its vocabulary tensors agree on, so a
+wrong one is the one named. Exports check every parameter's shape against the config.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -28,8 +31,9 @@ from bliperax.models import xgenmm
 from bliperax.models.config import XGenMMConfig
 
 Flat = Dict[str, np.ndarray]
-_EMBED = "vlm.lang_model.model.embed_tokens.weight"
 _HEAD_BIAS = "lm/head/bias"
+# Parameters whose HF tensors have the vocabulary rows as their first axis.
+_VOCAB_PATHS = frozenset({"lm/embed/embedding", "lm/head/kernel", _HEAD_BIAS})
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -85,6 +89,61 @@ def check_tensors(reader: CheckpointReader, rules: List[mapping.Rule],
     if got != want:
       raise CheckpointError(f"{reader.file_of(rule.hf)}: tensor {rule.hf!r} has shape "
                             f"{list(got)}, expected {list(want)} for this config")
+
+
+def _vocab_rows(reader: CheckpointReader, rules: List[mapping.Rule],
+               config_rows: Optional[int] = None) -> Optional[int]:
+  """The vocabulary rows of a checkpoint: the count its vocabulary tensors agree on.
+
+  The tables may be padded beyond what config.json says (xGen-MM's `vocab_size` is the
+  logit width), so the checkpoint decides. Every vocabulary tensor (embedding, head,
+  head bias) is consulted, not just one: the count fixes the expected shape of all of
+  them, so taking it from a wrong tensor would make `check_tensors` blame the right
+  ones. The majority wins, and `check_tensors` then names the odd one out; a tie (no
+  head bias) is broken by `config_rows`.
+
+  Args:
+    reader: the checkpoint.
+    rules: its rules; those of vocabulary parameters say which tensors to read.
+    config_rows: the rows config.json implies, for breaking a tie.
+  Returns:
+    The row count, or None when no vocabulary tensor is present (the config decides,
+    and `check_tensors` reports the missing tensors).
+  Raises:
+    CheckpointError: the tensors disagree and nothing says which one is right.
+  """
+  rows = {r.hf: reader.shape(r.hf)[0] for r in rules
+          if _VOCAB_PATHS.intersection(r.paths) and r.hf in reader and reader.shape(r.hf)}
+  if not rows:
+    return None
+  counts = collections.Counter(rows.values())
+  top = max(counts.values())
+  leaders = [n for n, c in counts.items() if c == top]
+  if len(leaders) == 1:
+    return leaders[0]
+  if config_rows in leaders:
+    return config_rows
+  first, second = [next(name for name, n in rows.items() if n == lead) for lead in leaders[:2]]
+  raise CheckpointError(
+      f"{reader.file_of(first)}: vocabulary tensors disagree: {first!r} has {rows[first]} rows "
+      f"but {second!r} has {rows[second]} ({reader.file_of(second)}), and config.json "
+      f"implies {config_rows}, so neither is known to be right")
+
+
+def check_params(flat: Flat, rules: List[mapping.Rule],
+                 shapes: Dict[str, Tuple[int, ...]]) -> None:
+  """Raises CheckpointError for a parameter whose shape is not the config's.
+
+  Export writes whatever shapes the parameters have; without this check a wrong one
+  would make a checkpoint that only fails when loaded, blamed on whichever tensor the
+  loader compares it with.
+  """
+  for rule in rules:
+    for path in rule.paths:
+      got = tuple(np.shape(flat[path]))  # np.shape: no fetch of a device array
+      if got != shapes[path]:
+        raise CheckpointError(f"parameter {path!r} (tensor {rule.hf!r}) has shape {list(got)}, "
+                              f"expected {list(shapes[path])} for this config")
 
 
 class _Sink:
@@ -175,8 +234,10 @@ def load_xgenmm(src: os.PathLike, dtype: Optional[str] = None, scan_layers: bool
   reader = CheckpointReader(src)
   config_path = src / "config.json"
   config = _read_json(config_path)
-  vocab_rows = reader.shape(_EMBED)[0] if _EMBED in reader else None
-  cfg = _parse_config(config_path, hf_config.xgenmm_from_hf, config, vocab_rows)
+  # A first parse gives the tensor names; the vocabulary rows then come from the tensors.
+  draft = _parse_config(config_path, hf_config.xgenmm_from_hf, config)
+  rows = _vocab_rows(reader, mapping.lm_rules(draft), draft.text.vocab_rows)
+  cfg = _parse_config(config_path, hf_config.xgenmm_from_hf, config, rows)
   rules = mapping.xgenmm_rules(cfg)
   shapes = _shape_map(cfg)
   check_tensors(reader, rules, shapes)
@@ -236,8 +297,11 @@ def load_backbones(siglip: os.PathLike, phi3: os.PathLike, rng: jax.Array,
   if prefix is None:
     raise CheckpointError(f"{siglip}: no vision_model.head.probe or head.probe tensor; the "
                           "SigLIP vision checkpoint must include its pooling head")
-  rows = p_reader.shape("model.embed_tokens.weight")[0] if (
-      "model.embed_tokens.weight" in p_reader) else None
+  # Phi-3's vocab_size is its table rows: it breaks an embedding/head tie.
+  draft = _parse_config(phi3 / "config.json", hf_config.text_from_hf, p_conf)
+  lm_draft = mapping.lm_rules(XGenMMConfig(text=draft), prefix="", decoupled=False,
+                              head_bias=False)
+  rows = _vocab_rows(p_reader, lm_draft, draft.vocab_rows)
   text = _parse_config(phi3 / "config.json", hf_config.text_from_hf, p_conf, rows)
   base = XGenMMConfig()
   cfg = XGenMMConfig(vision=vision, text=text,
@@ -315,6 +379,7 @@ def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
   extra = sorted(set(flat) - known)
   if extra:
     raise CheckpointError(f"parameters have no HF name: {', '.join(extra[:5])}")
+  check_params(flat, rules, _shape_map(cfg))
   cast = np.dtype(jax.numpy.dtype(dtype)) if dtype else None
   dtypes = {}
   for r in rules:
