@@ -39,7 +39,7 @@ def base(preset: str) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.rules = ()  # () = bliperax.sharding.DEFAULT_RULES; else ((logical, mesh axes), ...)
 
-  # SPEC.md §5: AdamW, clip 1.0, cosine with linear warmup; the ViT stays frozen.
+  # bliperax/DESIGN.md §9: AdamW, clip 1.0, cosine with linear warmup; the ViT stays frozen.
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=100, final_lr_ratio=0.0, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, grad_clip=1.0, freeze=("^vision/",)))
@@ -55,7 +55,7 @@ def base(preset: str) -> ml_collections.ConfigDict:
 
 
 def pretrain(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
-  """The pre-training recipe (SPEC.md §5) for a model preset, sized for a TPU slice.
+  """The pre-training recipe (bliperax/DESIGN.md §9) for a model preset, sized for a TPU slice.
 
   Global batch 512 x 2048 tokens with 4 single-crop images per sequence, bf16 compute
   with float32 master weights, scanned layers with full remat, FSDP over the slice.

@@ -1,6 +1,6 @@
 r"""The Grain data pipeline in config: the paper's pre-training mixture, and a tiny runnable run.
 
-The full config names the BLIP-3 pre-training mixture (SPEC.md §5) as ArrayRecord
+The full config names the BLIP-3 pre-training mixture (bliperax/DESIGN.md §9) as ArrayRecord
 shard sets under `root` (build them with tools/build_shards.py):
 
   python -m bliperax.train --config=experiments/data_example.py:root=/data/blip3 \
@@ -108,7 +108,7 @@ def get_config(arg=None):
   c = configs.base("xgenmm_4b")
   root = knobs.get("root", "/data/blip3")
   if sft:
-    # SPEC.md §5: anyres SFT, lr 2e-5, batch 64; <= 4 images of up to 5 crops each.
+    # bliperax/DESIGN.md §9: anyres SFT, lr 2e-5, batch 64; <= 4 images of up to 5 crops each.
     c.optim.lr, c.optim.warmup_steps = 2e-5, 2000
     c.train.global_batch, c.train.seq_len = 64, 4096
     c.data = data_config(sft_sources(root), max_crops=20, worker_count=workers)

@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONVERT = ROOT / "tools" / "convert_checkpoint.py"
 MAKE_RANDOM = ROOT / "tools" / "make_random_checkpoint.py"
 RELEASED = "reference/xgenmm-phi3-mini-base-r-v1.5"
-PARAMS_4B = 4_359_257_219  # SPEC.md §1: the released checkpoint's parameter count
+PARAMS_4B = 4_359_257_219  # the released checkpoint's parameter count (bliperax/DESIGN.md §1)
 GOLDEN_FILE = "model.safetensors"
 
 

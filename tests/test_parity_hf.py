@@ -8,7 +8,7 @@ inputs, for scanned and unscanned layers.
 
 Sliding window: the reference (and bliperax) lets query i see key j iff
 0 <= i - j <= window; transformers 5.x keeps i - j < w. So an HF model configured with
-`w = window + 1` is the reference model with `window` (SPEC.md §1).
+`w = window + 1` is the reference model with `window` (bliperax/DESIGN.md §1.3).
 """
 import dataclasses
 import json

@@ -22,7 +22,7 @@ from absl import app, flags  # noqa: E402
 _HF = flags.DEFINE_string("hf_checkpoint", None, "HF xGen-MM checkpoint directory "
                           "(config.json + model.safetensors or shards with index).")
 _GOLDEN = flags.DEFINE_string("golden", None, "Fixture directory with meta.json and "
-                              "expected.npz (e.g. ../shared/golden/xgenmm_tiny_a).")
+                              "expected.npz (format: bliperax/DESIGN.md §11).")
 _IMAGES = flags.DEFINE_string("images", None, "Directory holding the fixture's images "
                               "(default: <golden>/../../images).")
 flags.mark_flags_as_required(["hf_checkpoint", "golden"])

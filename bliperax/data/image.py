@@ -1,4 +1,4 @@
-"""Anyres image preprocessing and the reference's feature regrouping (SPEC §3).
+"""Anyres image preprocessing and the reference's feature regrouping (bliperax/DESIGN.md §3).
 
 Everything here runs on the host with numpy and PIL, so that the pixels match
 the PyTorch reference (salesforce/LAVIS, branch xgen-mm, open_flamingo/) bit for
@@ -82,7 +82,7 @@ def pinpoints(base: int, grids: Sequence[Size] = DEFAULT_GRIDS) -> list[Size]:
 
 
 def select_pinpoint(image_size: Size, candidates: Sequence[Size]) -> Size:
-  """Picks the canvas that keeps the most resolution (SPEC §3).
+  """Picks the canvas that keeps the most resolution (bliperax/DESIGN.md §3).
 
   For each (w, h): s = min(w/W, h/H), eff = min(int(W·s)·int(H·s), W·H),
   waste = w·h − eff. The largest eff wins; ties go to strictly smaller waste,
@@ -178,7 +178,7 @@ def base_crop(image: Image.Image, base: int) -> np.ndarray:
 
 def anyres_crops(image: Image.Image, base: int,
                  grids: Sequence[Size] = DEFAULT_GRIDS) -> AnyresImage:
-  """Cuts an image into the reference's anyres crops (SPEC §3).
+  """Cuts an image into the reference's anyres crops (bliperax/DESIGN.md §3).
 
   Args:
     image: any PIL image; converted to RGB first (RGBA drops its alpha).

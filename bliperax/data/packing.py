@@ -4,7 +4,7 @@ A row has static sizes: T token slots, C crops, G resampler groups (and,
 optionally, at most `segments` samples). Three steps get a sample there:
 
 1. `fit` cuts a sample that does not fit an empty row. It cuts only between
-   image blocks and text tokens, never inside a block (SPEC.md §4, §7: the
+   image blocks and text tokens, never inside a block (bliperax/DESIGN.md §8: the
    reference truncated before expansion and could cut `<image>` tokens), and
    drops the images past the cut. A sample left without a loss token is
    rejected (None), so no row is silently trained on nothing.

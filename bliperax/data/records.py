@@ -4,7 +4,7 @@ Every training sample is one of five frozen dataclasses:
 
 * `Caption`: one image and its text; `task` says whether the text is a plain
   caption, OCR text or a grounding caption. Grounding and OCR boxes stay in
-  the text as `<bbox>x1, y1, x2, y2</bbox>` spans (SPEC.md §5).
+  the text as `<bbox>x1, y1, x2, y2</bbox>` spans (bliperax/DESIGN.md §9).
 * `Interleaved`: a document of text chunks (`str`) and images (`bytes`) in
   reading order (MINT-1T, OBELICS).
 * `Chat`: a conversation for (multi-image) SFT. Turns alternate user,

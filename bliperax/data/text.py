@@ -3,7 +3,7 @@
 Runtime dependencies are `sentencepiece` and `numpy` only; `transformers` is
 used by the tests as an oracle, never here.
 
-Tokenization rules (SPEC.md §4) that the released models were trained with:
+Tokenization rules (bliperax/DESIGN.md §5) that the released models were trained with:
 
 * The vocabulary is Phi-3's SentencePiece BPE (32000 pieces, byte fallback)
   plus added tokens: the Phi-3 chat tokens 32000-32011 and the three VLM
@@ -36,7 +36,7 @@ DEFAULT_MODEL_PATH = ASSET_DIR / "phi3.model"
 IGNORE_INDEX = -100
 
 # Tokens the VLM appends after the 32012 entries of the Phi-3 tokenizer, in
-# id order (SPEC.md §1, vocabulary surgery). They come from the model code,
+# id order (bliperax/DESIGN.md §2). They come from the model code,
 # not from the tokenizer files, hence the constants.
 IMAGE_TOKEN = "<image>"
 IMAGE_PLACEHOLDER_TOKEN = "<image placeholder>"
@@ -232,7 +232,7 @@ class Tokenizer:
     """Stop ids for generation: `<|end|>` first, then `<|endoftext|>`.
 
     The released generation config names only 32000, which let the chat
-    models run on past their answers (SPEC.md §4).
+    models run on past their answers (bliperax/DESIGN.md §5).
     """
     return (self.token_id(END_TAG), self.token_id(ENDOFTEXT_TOKEN))
 
@@ -530,7 +530,7 @@ def golden_sample_ids(sample: dict, tokenizer: Tokenizer, system_prompt: str,
                       ) -> tuple[np.ndarray, np.ndarray]:
   """Rebuilds one sample of a golden fixture's `meta.json`.
 
-  Follows shared/golden/README.md: the prompt part and the answer part are
+  Follows the fixture format (bliperax/DESIGN.md §11): the prompt part and the answer part are
   tokenized as separate strings and concatenated.
 
   Args:

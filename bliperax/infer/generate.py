@@ -16,7 +16,7 @@ import numpy as np
 from bliperax.models.config import XGenMMConfig
 from bliperax.models.xgenmm import XGenMM
 
-EOS_IDS = (32007, 32000)  # <|end|>, <|endoftext|> (SPEC.md §4)
+EOS_IDS = (32007, 32000)  # <|end|>, <|endoftext|> (bliperax/DESIGN.md §5)
 PAD_ID = 32011
 
 

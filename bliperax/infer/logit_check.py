@@ -1,7 +1,7 @@
 """Stage-by-stage comparison of bliperax against a golden fixture from the PyTorch reference.
 
 A fixture directory holds `meta.json` (samples, images, grids) and `expected.npz`
-(format: shared/golden/README.md). Every input is rebuilt here with bliperax's own
+(format: bliperax/DESIGN.md §11). Every input is rebuilt here with bliperax's own
 tokenizer and preprocessing, the converted model runs in float32, and each stage is
 compared: pixels, token ids, ViT features, resampler inputs / masks / outputs, final
 hidden states, selected logits, argmax, per-token NLL, loss, greedy generations.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-# Ids of the decoupled vocabulary (SPEC.md §1 "Vocabulary surgery").
+# Ids of the decoupled vocabulary (bliperax/DESIGN.md §2).
 BASE_VOCAB = 32012  # `initial_tokenizer_len`: ids below read the base tables.
 NUM_ADDED_TOKENS = 3  # <image>, <image placeholder>, <|endofchunk|>.
 

@@ -1,6 +1,6 @@
 """Perceiver resampler (xGen-MM `vision_tokenizer`): P vision features -> L latent tokens.
 
-Per layer (SPEC.md §1): keys/values come from [LN_media(x) ; LN_latents(latents)],
+Per layer (bliperax/DESIGN.md §1.2): keys/values come from [LN_media(x) ; LN_latents(latents)],
 queries from LN_latents(latents); the residual adds the un-normalised latents; then a
 pre-LN feed-forward with exact (erf) GELU. Output: projection(LN(latents)) with bias.
 

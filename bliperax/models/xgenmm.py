@@ -6,7 +6,7 @@ Batch layout (static shapes; everything dynamic was computed on the host):
   segment_ids   int[B, T]      0 = padding; distinct ids per packed sample
   crops         float[B, C, H, W, 3]  image crops in [-1, 1] (unused crops are zeros)
   group_index   int[B, G, P]   per group, indices into the row's flattened crop
-                               features [C·P] (anyres regrouping, SPEC.md §3)
+                               features [C·P] (anyres regrouping, bliperax/DESIGN.md §3)
   group_mask    bool[B, G, P]  key mask of each group's features (True = attend)
   vision_slots  int[B, G·L]    slot in [0, T) that each vision token fills; T (out of
                                range) drops the token, e.g. for padding groups

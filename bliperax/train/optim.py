@@ -3,7 +3,7 @@
 - Frozen parameters (paths matching any `freeze` regex, e.g. `^vision/`) go through
   `optax.set_to_zero()`: no optimizer state at all and a zero update.
 - Weight decay skips norms, biases and embedding tables (`no_decay` regexes), unlike
-  the reference (SPEC.md §7).
+  the reference (bliperax/DESIGN.md §8).
 - `optax.apply_if_finite` skips an update whose gradients are not finite and counts it.
 """
 from __future__ import annotations

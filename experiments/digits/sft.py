@@ -9,7 +9,7 @@ r"""Digits, stage 2: chat fine-tuning on VQA, sums and wide-number reading, then
 tools/main_job.sh) writes one from the pre-training workdir.
 Knobs: root=DIR, steps=N, batch=B, workers=N.
 
-Unlike the released stages (SPEC.md §1: SigLIP frozen throughout), the ViT keeps
+Unlike the released stages (bliperax/DESIGN.md §9: SigLIP frozen throughout), the ViT keeps
 training here: it learned digits from scratch in stage 1, and the chats' direct
 answers lift held-out recognition further (single-digit VQA after 1000 steps: 98%
 trained vs 96% frozen, on 100 questions each). The input
@@ -17,7 +17,7 @@ embedding table is frozen instead: its dense gradient and Adam update would cost
 quarter of the step. The head runs only at loss positions (answers: at most 16 per
 row).
 
-Only the reading task uses anyres (SPEC.md §3, with grid (4, 1) added): a row
+Only the reading task uses anyres (bliperax/DESIGN.md §3, with grid (4, 1) added): a row
 of n digits becomes the squashed global crop plus n one-digit crops, so
 (1+n)·4 vision tokens. VQA and sums see one base crop per image. Chats carry
 no system turn, to keep rows short on CPU; `cfg.eval` tells

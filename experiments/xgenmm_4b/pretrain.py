@@ -1,4 +1,4 @@
-"""xGen-MM 4B pre-training (SPEC.md §5): SigLIP frozen, resampler + Phi-3-mini trained.
+"""xGen-MM 4B pre-training (bliperax/DESIGN.md §9): SigLIP frozen, resampler + Phi-3-mini trained.
 
 Global batch 512 sequences x 2048 tokens, 4 single-crop images (128 tokens each) per
 sequence, bf16 compute with float32 master weights, scanned layers with full remat,
