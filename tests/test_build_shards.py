@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data import sources
 from bliperax.data.sources import base
 from bliperax.data.sources import build
@@ -77,10 +78,10 @@ def test_webdataset(tmp_path):
   summary, samples = run_build("webdataset", tmp_path, tmp_path / "out", task="grounding",
                                id_field="uid")
   assert samples == [
-      records.Caption(image=GREEN, text="A green <bbox>1, 2, 3, 4</bbox> box.",
-                      task="grounding", id="00000.tar/part/k1"),
-      records.Caption(image=RED, text="Red.", task="grounding", id="u2"),
-      records.Caption(image=BLUE, text="Blue – ünïcode.", task="grounding", id="00001.tar/k1"),
+      schema.Caption(image=GREEN, text="A green <bbox>1, 2, 3, 4</bbox> box.",
+                     task="grounding", id="00000.tar/part/k1"),
+      schema.Caption(image=RED, text="Red.", task="grounding", id="u2"),
+      schema.Caption(image=BLUE, text="Blue – ünïcode.", task="grounding", id="00001.tar/k1"),
   ]
   assert summary["skipped"] == {"empty_text": 1, "malformed_bbox": 1, "malformed_record": 1,
                                 "missing_image": 1, "unreadable_image": 1}
@@ -115,9 +116,9 @@ def test_parquet(tmp_path, image_dir):
   summary, samples = run_build("parquet", f"{tmp_path}/1.parquet,{tmp_path}/2.parquet",
                                tmp_path / "out", image_dir=str(image_dir), image_field="jpg",
                                text_field="txt", id_field="key")
-  assert samples == [records.Caption(image=RED, text="Red.", id="a"),
-                     records.Caption(image=BLUE, text="Blue.", id="d"),
-                     records.Caption(image=GREEN, text="Green.", id="e")]
+  assert samples == [schema.Caption(image=RED, text="Red.", id="a"),
+                     schema.Caption(image=BLUE, text="Blue.", id="d"),
+                     schema.Caption(image=GREEN, text="Green.", id="e")]
   assert summary["skipped"] == {"empty_text": 1, "missing_image": 1, "missing_image_file": 1,
                                 "unreadable_image": 1}
 
@@ -128,8 +129,8 @@ def test_parquet_text_only_and_missing_column(tmp_path):
   pq.write_table(pa.table({"caption": ["One.", " ", "Two."]}), tmp_path / "t.parquet")
   summary, samples = run_build("parquet", tmp_path / "t.parquet", tmp_path / "out",
                                image_field="")
-  assert samples == [records.Text(text="One.", id="t.parquet#0"),
-                     records.Text(text="Two.", id="t.parquet#2")]
+  assert samples == [schema.Text(text="One.", id="t.parquet#0"),
+                     schema.Text(text="Two.", id="t.parquet#2")]
   assert summary["skipped"] == {"empty_text": 1}
   summary, samples = run_build("parquet", tmp_path / "t.parquet", tmp_path / "out2")
   assert not samples
@@ -158,10 +159,10 @@ LLAVA = [
     {"id": "noconv"},
 ]
 LLAVA_EXPECTED = [
-    records.Chat(turns=["<image>\nWhat?", "Red.", "Sure?", "Yes."], images=[RED], id="single"),
-    records.Chat(turns=["<image> and <image>: same?", "No."], images=[GREEN, BLUE],
-                 system="Be brief.", id="multi"),
-    records.Chat(turns=["Hi.", "Hello."], id="text"),
+    schema.Chat(turns=["<image>\nWhat?", "Red.", "Sure?", "Yes."], images=[RED], id="single"),
+    schema.Chat(turns=["<image> and <image>: same?", "No."], images=[GREEN, BLUE],
+                system="Be brief.", id="multi"),
+    schema.Chat(turns=["Hi.", "Hello."], id="text"),
 ]
 LLAVA_SKIPS = {"bad_turn_order": 2, "empty_text": 1, "image_marker_mismatch": 1,
                "image_not_fetchable": 1, "malformed_record": 2, "missing_image_file": 1,
@@ -224,8 +225,8 @@ def test_interleaved(tmp_path, image_dir):
   summary, samples = run_build("interleaved", tmp_path / "docs.jsonl", tmp_path / "out",
                                image_dir=str(image_dir))
   assert samples == [
-      records.Interleaved(items=["Intro.", RED, "Middle.", GREEN, BLUE, "End."], id="d1"),
-      records.Interleaved(items=["Only text."], id="docs.jsonl:2"),
+      schema.Interleaved(items=["Intro.", RED, "Middle.", GREEN, BLUE, "End."], id="d1"),
+      schema.Interleaved(items=["Only text."], id="docs.jsonl:2"),
   ]
   assert summary["skipped"] == {"empty_text": 1, "image_marker_mismatch": 1,
                                 "image_not_fetchable": 1, "malformed_record": 3}
@@ -233,7 +234,7 @@ def test_interleaved(tmp_path, image_dir):
   summary, samples = run_build("interleaved", tmp_path / "docs.jsonl", tmp_path / "out2",
                                build_options=build.BuildOptions(drop_bad_images=True),
                                image_dir=str(image_dir))
-  assert samples[2] == records.Interleaved(items=["See:"], id="url")
+  assert samples[2] == schema.Interleaved(items=["See:"], id="url")
   assert summary["images_dropped"] == {"image_not_fetchable": 1}
   assert "image_not_fetchable" not in summary["skipped"]
 
@@ -254,11 +255,11 @@ def test_preference(tmp_path, image_dir):
   summary, samples = run_build("preference", tmp_path / "pairs.jsonl", tmp_path / "out",
                                image_dir=str(image_dir))
   assert samples == [
-      records.Preference(prompt="<image>\nDescribe.", chosen="Red.", rejected="Blue.",
-                         images=[RED], id="p1"),
-      records.Preference(prompt="<image>\n<image>\nCompare.", chosen="Different.",
-                         rejected="Same.", images=[RED, BLUE], system="Judge.", id="p2"),
-      records.Preference(prompt="Text only?", chosen="Yes.", rejected="No.", id="p3"),
+      schema.Preference(prompt="<image>\nDescribe.", chosen="Red.", rejected="Blue.",
+                        images=[RED], id="p1"),
+      schema.Preference(prompt="<image>\n<image>\nCompare.", chosen="Different.",
+                        rejected="Same.", images=[RED, BLUE], system="Judge.", id="p2"),
+      schema.Preference(prompt="Text only?", chosen="Yes.", rejected="No.", id="p3"),
   ]
   assert summary["skipped"] == {"empty_text": 1, "identical_pair": 1,
                                 "image_marker_mismatch": 1, "malformed_record": 1}

@@ -11,8 +11,8 @@ from bliperax.data import example_shards
 from bliperax.data import packing
 from bliperax.data import pipeline
 from bliperax.data import pipeline_stats
-from bliperax.data import records
 from bliperax.data import render as render_lib
+from bliperax.data import schema
 from bliperax.models import layers, presets, xgenmm
 
 CFG = presets.tiny()
@@ -23,10 +23,10 @@ DIMS = packing.RowDims(CFG.vision.image_size, P, LAT)
 PAD = 32011
 IMAGES = example_shards.generated_images(4)
 ANSWERS = ("A small red bus.", "Two, near the window.")
-CHAT = records.Chat(turns=("<image>\nWhat is this?", ANSWERS[0], "How many?", ANSWERS[1]),
-                    images=(IMAGES[1],))
-CAPTION = records.Caption(image=IMAGES[2], text="A dog in a park.")
-TEXT = records.Text(text="Snow on the mountain.")
+CHAT = schema.Chat(turns=("<image>\nWhat is this?", ANSWERS[0], "How many?", ANSWERS[1]),
+                   images=(IMAGES[1],))
+CAPTION = schema.Caption(image=IMAGES[2], text="A dog in a park.")
+TEXT = schema.Text(text="Snow on the mountain.")
 
 
 def _prepare(sample, anyres, limits=LIMITS):

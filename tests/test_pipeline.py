@@ -15,6 +15,7 @@ from bliperax.data import pipeline
 from bliperax.data import pipeline_stats
 from bliperax.data import records
 from bliperax.data import render as render_lib
+from bliperax.data import schema
 from bliperax.data import tfds_source
 from bliperax.models import presets
 
@@ -92,8 +93,8 @@ class _SampleId:
 
   def __call__(self, record):
     try:
-      return self.name, records.decode(record).id
-    except records.RecordError:
+      return self.name, schema.decode(record).id
+    except schema.RecordError:
       return self.name, None
 
 
@@ -163,11 +164,11 @@ def test_stats_count_truncation_caps_and_sources(shards):
 def test_image_cap_caps_documents_and_skips_chats():
   tok = pipeline._tokenizer("", False)  # pylint: disable=protected-access
   images = example_shards.generated_images(6)
-  doc = records.Interleaved(items=tuple(x for im in images for x in (im, "Text.")))
+  doc = schema.Interleaved(items=tuple(x for im in images for x in (im, "Text.")))
   rendered = render_lib.render(doc, tok, render_lib.RenderOptions(max_images=4))
   assert rendered.capped and len(rendered.images) == 4
   assert list(rendered.ids).count(32012) == 4
-  chat = records.Chat(turns=("<image>" * 5 + "Same?", "Yes."), images=tuple(images[:5]))
+  chat = schema.Chat(turns=("<image>" * 5 + "Same?", "Yes."), images=tuple(images[:5]))
   with pytest.raises(render_lib.SkipSample, match=render_lib.TOO_MANY_IMAGES):
     render_lib.render(chat, tok, render_lib.RenderOptions(max_images=4))
 

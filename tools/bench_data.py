@@ -28,7 +28,7 @@ import ml_collections
 
 from bliperax.data import example_shards
 from bliperax.data import pipeline
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.models import presets
 
 _IMAGES = flags.DEFINE_string("images", str(pathlib.Path(__file__).resolve().parents[2] /
@@ -53,7 +53,7 @@ def _jpegs(folder: str) -> list[bytes]:
   return [p.read_bytes() for p in paths]
 
 
-def _samples(kind: str, images: list[bytes], num: int) -> list[records.Sample]:
+def _samples(kind: str, images: list[bytes], num: int) -> list[schema.Sample]:
   rng = random.Random(0)
   base = example_shards.make_samples("caption", num, images)
   if kind == "caption":
@@ -63,8 +63,8 @@ def _samples(kind: str, images: list[bytes], num: int) -> list[records.Sample]:
     question = rng.choice(["Describe the image in detail.", "What is shown here?",
                            "What is unusual about this picture?"])
     answer = " ".join([caption.text] * rng.randint(2, 12))
-    out.append(records.Chat(turns=(f"<image>\n{question}", answer),
-                            images=(images[i % len(images)],), id=f"chat-{i}"))
+    out.append(schema.Chat(turns=(f"<image>\n{question}", answer),
+                           images=(images[i % len(images)],), id=f"chat-{i}"))
   return out
 
 

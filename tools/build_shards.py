@@ -5,7 +5,7 @@ r"""Builds ArrayRecord training shards from the formats datasets ship in.
 
 --input is a comma-separated list of files, folders (their files of the
 format) and globs, read in order. Each record becomes one sample (see
-bliperax/data/records.py) written to DIR/PREFIX-0000i-of-0000N.array_record;
+bliperax/data/schema.py) written to DIR/PREFIX-0000i-of-0000N.array_record;
 sample i goes to shard i % N. Images are stored as their file bytes, checked
 by decoding them (--image_check). Relative image paths are looked up under
 --images (default: the folder of the input file); URLs are never fetched.
@@ -70,6 +70,7 @@ from absl import app
 from absl import flags
 
 from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data import sources
 from bliperax.data.sources import base
 from bliperax.data.sources import build
@@ -85,7 +86,7 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards; sample i 
 _WORKERS = flags.DEFINE_integer("workers", 1, "Processes that read, check and encode "
                                 "images; 1 does it in this process.", lower_bound=1)
 _NAME = flags.DEFINE_string("name", None, "Shard file prefix (default: the format).")
-_TASK = flags.DEFINE_enum("task", "caption", list(records.CAPTION_TASKS),
+_TASK = flags.DEFINE_enum("task", "caption", list(schema.CAPTION_TASKS),
                           "Caption task of webdataset/parquet samples.")
 _TEXT_FIELD = flags.DEFINE_string("text_field", "caption", "Caption column (parquet) or "
                                   ".json key (webdataset).")

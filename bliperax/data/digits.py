@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from bliperax.data import records
+from bliperax.data import schema
 
 DIGIT_PX = 16  # one digit's side in pixels (the digits model's crop size)
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -120,30 +121,30 @@ def png(image: Image.Image) -> bytes:
 
 
 def caption_samples(split: Split, copies: int = 0, seed: int = 0
-                    ) -> Iterator[records.Caption]:
+                    ) -> Iterator[schema.Caption]:
   """Every digit once as is, then `copies` jittered passes over the split."""
   rng = np.random.default_rng(seed)
   for copy in range(copies + 1):
     for i, (pixels, label) in enumerate(zip(split.images, split.labels)):
       image = digit_image(pixels, rng=rng if copy else None)
       template = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
-      yield records.Caption(image=png(image),
-                            text=template.format(name=NAMES[label], digit=int(label)),
-                            id=f"caption-{i}" + (f"-j{copy}" if copy else ""))
+      yield schema.Caption(image=png(image),
+                           text=template.format(name=NAMES[label], digit=int(label)),
+                           id=f"caption-{i}" + (f"-j{copy}" if copy else ""))
 
 
-def _chat(task: str, images: Sequence[bytes], answer: str, sid: str) -> records.Chat:
-  # SFT convention (bliperax/DESIGN.md §5): one `<image>\n` per image at the start of the turn.
+def _chat(task: str, images: Sequence[bytes], answer: str, sid: str) -> schema.Chat:
+  # SFT convention (SPEC.md §4): one `<image>\n` per image at the start of the turn.
   question = "<image>\n" * len(images) + QUESTIONS[task]
-  return records.Chat(turns=(question, answer), images=tuple(images), id=sid)
+  return schema.Chat(turns=(question, answer), images=tuple(images), id=sid)
 
 
-def vqa_samples(split: Split) -> Iterator[records.Chat]:
+def vqa_samples(split: Split) -> Iterator[schema.Chat]:
   for i, (pixels, label) in enumerate(zip(split.images, split.labels)):
     yield _chat("vqa", [png(digit_image(pixels))], str(int(label)), f"vqa-{i}")
 
 
-def sum_samples(split: Split, num: int, seed: int) -> Iterator[records.Chat]:
+def sum_samples(split: Split, num: int, seed: int) -> Iterator[schema.Chat]:
   """`num` samples of 2–3 random images of the split and their sum."""
   rng = np.random.default_rng(seed)
   for i in range(num):
@@ -152,7 +153,7 @@ def sum_samples(split: Split, num: int, seed: int) -> Iterator[records.Chat]:
     yield _chat("sum", images, str(int(split.labels[pick].sum())), f"sum-{i}")
 
 
-def read_samples(split: Split, num: int, seed: int) -> Iterator[records.Chat]:
+def read_samples(split: Split, num: int, seed: int) -> Iterator[schema.Chat]:
   """`num` wide images of 3–4 random digits of the split, read left to right."""
   rng = np.random.default_rng(seed)
   for i in range(num):
@@ -165,7 +166,7 @@ def _write(folder: pathlib.Path, prefix: str, samples, num_shards: int) -> int:
   count = 0
   with records.ShardSetWriter(folder, prefix, num_shards, overwrite=True) as writer:
     for sample in samples:
-      writer.write(records.encode(sample))
+      writer.write(schema.encode(sample))
       count += 1
     writer.commit()
   return count

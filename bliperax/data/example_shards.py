@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from bliperax.data import records
+from bliperax.data import schema
 
 _WORDS = ("red bus street dog park window river bridge cat sofa tree light blue small "
           "two people table book mountain snow").split()
@@ -53,7 +54,7 @@ def _sentence(rng: random.Random, n: int) -> str:
 
 
 def make_samples(kind: str, num: int, images: Sequence[bytes], seed: int = 0
-                 ) -> list[records.Sample]:
+                 ) -> list[schema.Sample]:
   """`num` deterministic samples of one kind, cycling through `images`."""
   rng = random.Random(f"{seed}/{kind}")
   pick = lambda: images[rng.randrange(len(images))]  # pylint: disable=unnecessary-lambda-assignment
@@ -61,35 +62,35 @@ def make_samples(kind: str, num: int, images: Sequence[bytes], seed: int = 0
   for i in range(num):
     sid = f"{kind}-{i}"
     if kind == "caption":
-      out.append(records.Caption(image=pick(), text=_sentence(rng, rng.randint(3, 12)), id=sid))
+      out.append(schema.Caption(image=pick(), text=_sentence(rng, rng.randint(3, 12)), id=sid))
     elif kind == "chat":
       n_images = rng.randint(0, 2)
       turns = ["<image>\n" * n_images + _sentence(rng, rng.randint(3, 8)) + "?",
                _sentence(rng, rng.randint(2, 16))]
       if rng.random() < 0.5:
         turns += [_sentence(rng, 4) + "?", _sentence(rng, rng.randint(2, 10))]
-      out.append(records.Chat(turns=tuple(turns), images=tuple(pick() for _ in range(n_images)),
-                              id=sid))
+      out.append(schema.Chat(turns=tuple(turns), images=tuple(pick() for _ in range(n_images)),
+                             id=sid))
     elif kind == "interleaved":
       items = []
       for _ in range(rng.randint(1, 6)):
         items += [pick(), _sentence(rng, rng.randint(3, 10))]
-      out.append(records.Interleaved(items=tuple(items), id=sid))
+      out.append(schema.Interleaved(items=tuple(items), id=sid))
     elif kind == "text":
-      out.append(records.Text(text=" ".join(_sentence(rng, 8) for _ in range(rng.randint(1, 6))),
-                              id=sid))
+      out.append(schema.Text(text=" ".join(_sentence(rng, 8) for _ in range(rng.randint(1, 6))),
+                             id=sid))
     else:
       raise ValueError(f"unknown kind {kind!r}")
   return out
 
 
-def write(directory: str | pathlib.Path, kind: str, samples: Sequence[records.Sample],
+def write(directory: str | pathlib.Path, kind: str, samples: Sequence[schema.Sample],
           num_shards: int = 2, extra_records: Sequence[bytes] = ()) -> pathlib.Path:
   """Writes one shard set under directory/kind; returns that folder."""
   folder = pathlib.Path(directory) / kind
   with records.ShardSetWriter(folder, kind, num_shards, overwrite=True) as writer:
     for sample in samples:
-      writer.write(records.encode(sample))
+      writer.write(schema.encode(sample))
     for record in extra_records:
       writer.write(record)
     writer.commit()
@@ -99,8 +100,8 @@ def write(directory: str | pathlib.Path, kind: str, samples: Sequence[records.Sa
 def corrupt_records(count: int) -> list[bytes]:
   """`count` undecodable records and `count` captions with non-image bytes."""
   garbage = [b"\x93not msgpack" + bytes([i]) for i in range(count)]
-  bad_images = [records.encode(records.Caption(image=b"not an image %d" % i, text="Broken.",
-                                               id=f"bad-image-{i}")) for i in range(count)]
+  bad_images = [schema.encode(schema.Caption(image=b"not an image %d" % i, text="Broken.",
+                                             id=f"bad-image-{i}")) for i in range(count)]
   return garbage + bad_images
 
 

@@ -1,6 +1,6 @@
 """The Grain host pipeline: mixture -> prepare each sample -> pack -> batch -> prefetch.
 
-Stages (bliperax/DESIGN.md §6), per process:
+Stages (DESIGN.md "Data flow"), per process:
 
 1. `mixture.build`: every source shuffled per epoch (seeded), sliced for this
    process, repeated, mapped with `PrepareSample`, and mixed by weight. All of
@@ -38,8 +38,8 @@ from bliperax.data import image as image_lib
 from bliperax.data import mixture
 from bliperax.data import packing
 from bliperax.data import pipeline_stats as stats_lib
-from bliperax.data import records
 from bliperax.data import render as render_lib
+from bliperax.data import schema
 from bliperax.data import text as text_lib
 from bliperax.models.config import XGenMMConfig
 
@@ -148,7 +148,7 @@ class PrepareSample:
                limits: packing.Limits, render: render_lib.RenderOptions,
                tokenizer: str = "", reference_compatible: bool = False,
                to_sample=None):
-    """`to_sample` maps a source item to a sample; default: `records.decode`."""
+    """`to_sample` maps a source item to a sample; default: `schema.decode`."""
     self.source_index = source_index
     self.anyres = anyres
     self.model_cfg = model_cfg
@@ -163,10 +163,10 @@ class PrepareSample:
 
   def __call__(self, item: Any) -> stats_lib.Prepared | stats_lib.Skipped:
     try:
-      sample = self.to_sample(item) if self.to_sample else records.decode(item)
-    except records.InvalidSample as e:
+      sample = self.to_sample(item) if self.to_sample else schema.decode(item)
+    except schema.InvalidSample as e:
       return self._skip(e.reason, e.message)
-    except records.RecordError as e:
+    except schema.RecordError as e:
       return self._skip(stats_lib.CORRUPT_RECORD, str(e))
     tokenizer = _tokenizer(self.tokenizer, self.reference_compatible)
     try:

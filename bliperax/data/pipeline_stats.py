@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bliperax.data import batch as batch_lib
-from bliperax.data import records
 from bliperax.data import render as render_lib
+from bliperax.data import schema
 
 # Why a sample was not trained on.
 CORRUPT_RECORD = "corrupt_record"  # the bytes are not a record of this version
@@ -25,9 +25,9 @@ BAD_IMAGE = "bad_image"  # an image does not decode
 NO_LOSS_TOKENS = "no_loss_tokens"  # nothing to learn from (e.g. the answer was cut off)
 RENDER_ERROR = "render_error"  # text and images disagree after tokenization
 SKIP_REASONS = (
-    CORRUPT_RECORD, records.MALFORMED_RECORD, records.EMPTY_TEXT,
-    records.IMAGE_MARKER_MISMATCH, records.BAD_TURN_ORDER, records.MALFORMED_BBOX,
-    records.IDENTICAL_PAIR, BAD_IMAGE, render_lib.TOO_MANY_IMAGES,
+    CORRUPT_RECORD, schema.MALFORMED_RECORD, schema.EMPTY_TEXT,
+    schema.IMAGE_MARKER_MISMATCH, schema.BAD_TURN_ORDER, schema.MALFORMED_BBOX,
+    schema.IDENTICAL_PAIR, BAD_IMAGE, render_lib.TOO_MANY_IMAGES,
     render_lib.UNSUPPORTED_KIND, NO_LOSS_TOKENS, RENDER_ERROR, "other")
 
 # Counters of samples that were used, and of rows.

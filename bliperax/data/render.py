@@ -1,10 +1,10 @@
 """Samples to token ids, labels and images: the text layout of each sample kind.
 
-One function, `render`, turns any `records` sample into `Rendered`: the token
+One function, `render`, turns any `schema` sample into `Rendered`: the token
 ids (one `<image>` per image, not yet expanded), the labels (-100 off the
 loss) and the encoded images in the order of their `<image>` tokens.
 
-Layouts (bliperax/DESIGN.md §5):
+Layouts (SPEC.md §4, §5, §6):
 
 * `Caption` (captions, OCR, grounding; pre-training):
   `<image>{text}<|endofchunk|><|endoftext|>`, loss on every text token.
@@ -19,7 +19,7 @@ Layouts (bliperax/DESIGN.md §5):
 
 `<|endofchunk|>` and `<image>` never carry loss (`text.Tokenizer.no_loss_ids`).
 Images over the per-sample cap (the reference skips training samples with
-more than 4, bliperax/DESIGN.md §7): a document keeps its first `max_images` images and
+more than 4, SPEC.md §3): a document keeps its first `max_images` images and
 all its text (`Rendered.capped`); a chat or preference sample is skipped,
 since its text refers to every image.
 """
@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data import text as text_lib
 
 TOO_MANY_IMAGES = "too_many_images"
@@ -118,7 +118,7 @@ def _check_cap(images: Sequence[bytes], max_images: int) -> None:
     raise SkipSample(TOO_MANY_IMAGES, f"{len(images)} images, the cap is {max_images}")
 
 
-def render(sample: records.Sample, tokenizer: text_lib.Tokenizer,
+def render(sample: schema.Sample, tokenizer: text_lib.Tokenizer,
            options: RenderOptions = RenderOptions()) -> Rendered:
   """Token ids, labels and images of one sample (layouts: module docstring).
 
@@ -126,19 +126,19 @@ def render(sample: records.Sample, tokenizer: text_lib.Tokenizer,
     SkipSample: a chat or preference sample over the image cap.
   """
   end_of_text = text_lib.ENDOFCHUNK_TOKEN + text_lib.ENDOFTEXT_TOKEN
-  if isinstance(sample, records.Caption):
+  if isinstance(sample, schema.Caption):
     text = options.caption_template.format(text=sample.text)
     return _from_text(text_lib.render_pretrain(text, tokenizer), [sample.image])
-  if isinstance(sample, records.Interleaved):
+  if isinstance(sample, schema.Interleaved):
     items, capped = _cap_document(sample.items, options.max_images)
     text = _document_text(items, options.text_separator) + end_of_text
     images = [x for x in items if isinstance(x, bytes)]
     return _from_text(text_lib.render_pretrain(text, tokenizer), images, capped)
-  if isinstance(sample, records.Text):
+  if isinstance(sample, schema.Text):
     text = sample.text + text_lib.ENDOFTEXT_TOKEN
     return _from_text(text_lib.render_pretrain(text, tokenizer), [])
-  if isinstance(sample, (records.Chat, records.Preference)):
-    if isinstance(sample, records.Chat):
+  if isinstance(sample, (schema.Chat, schema.Preference)):
+    if isinstance(sample, schema.Chat):
       turns = sample.turns
     else:
       turns = (sample.prompt, sample.chosen)

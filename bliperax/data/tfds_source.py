@@ -3,7 +3,7 @@
 `open_source` opens the random-access source (images left encoded:
 `tfds.decode.SkipDecoding` on every top-level `Image` feature, so the pipeline
 decodes them once, like shard images). `FieldMapping` turns one TFDS example
-into a `records` sample by a field map; it runs in the pipeline's per-sample
+into a `schema` sample by a field map; it runs in the pipeline's per-sample
 stage, so an example the map cannot use is skipped and counted, not fatal.
 
 Field paths walk nested features with `/`; a number indexes a sequence:
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from bliperax.data import records
+from bliperax.data import schema
 
 _KIND_FIELDS = {
     "caption": ({"image", "text"}, set()),
@@ -82,15 +82,15 @@ def _get(example: Any, path: str) -> Any:
   for part in path.split("/"):
     if isinstance(value, Mapping):
       if part not in value:
-        raise records.RecordError(f"TFDS example has no feature {path!r} (at {part!r})")
+        raise schema.RecordError(f"TFDS example has no feature {path!r} (at {part!r})")
       value = value[part]
     elif part.isdigit():
       items = list(value)
       if int(part) >= len(items):
-        raise records.RecordError(f"{path!r}: index {part} of {len(items)} items")
+        raise schema.RecordError(f"{path!r}: index {part} of {len(items)} items")
       value = items[int(part)]
     else:
-      raise records.RecordError(f"{path!r}: cannot take {part!r} of a {type(value).__name__}")
+      raise schema.RecordError(f"{path!r}: cannot take {part!r} of a {type(value).__name__}")
   return value
 
 
@@ -101,7 +101,7 @@ def _text(value: Any, path: str) -> str:
     return bytes(value).decode("utf-8")
   if isinstance(value, str):
     return value
-  raise records.RecordError(f"{path!r} is a {type(value).__name__}, not text")
+  raise schema.RecordError(f"{path!r} is a {type(value).__name__}, not text")
 
 
 def _image(value: Any, path: str) -> bytes:
@@ -115,17 +115,17 @@ def _image(value: Any, path: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(value[..., 0] if value.shape[-1] == 1 else value).save(buffer, "PNG")
     return buffer.getvalue()
-  raise records.RecordError(f"{path!r} is not an image ({type(value).__name__})")
+  raise schema.RecordError(f"{path!r} is not an image ({type(value).__name__})")
 
 
 def _with_markers(prompt: str, n_images: int) -> str:
-  if n_images and records.IMAGE_MARKER not in prompt:
-    return f"{records.IMAGE_MARKER}\n" * n_images + prompt
+  if n_images and schema.IMAGE_MARKER not in prompt:
+    return f"{schema.IMAGE_MARKER}\n" * n_images + prompt
   return prompt
 
 
 class FieldMapping:
-  """TFDS example -> `records` sample (picklable; runs in the pipeline workers)."""
+  """TFDS example -> `schema` sample (picklable; runs in the pipeline workers)."""
 
   def __init__(self, kind: str, fields: Mapping[str, str], task: str = "caption"):
     if kind not in _KIND_FIELDS:
@@ -151,18 +151,18 @@ class FieldMapping:
   def _str(self, example, field: str) -> str:
     return _text(_get(example, self.fields[field]), self.fields[field])
 
-  def __call__(self, example: Mapping[str, Any]) -> records.Sample:
+  def __call__(self, example: Mapping[str, Any]) -> schema.Sample:
     """Raises RecordError (InvalidSample for rule violations) on unusable examples."""
     if self.kind == "caption":
-      return records.Caption(image=self._images(example)[0], text=self._str(example, "text"),
-                             task=self.task)
+      return schema.Caption(image=self._images(example)[0], text=self._str(example, "text"),
+                            task=self.task)
     if self.kind == "text":
-      return records.Text(text=self._str(example, "text"))
+      return schema.Text(text=self._str(example, "text"))
     images = self._images(example)
     if self.kind == "preference":
-      return records.Preference(prompt=_with_markers(self._str(example, "prompt"), len(images)),
-                                chosen=self._str(example, "chosen"),
-                                rejected=self._str(example, "rejected"), images=images)
+      return schema.Preference(prompt=_with_markers(self._str(example, "prompt"), len(images)),
+                               chosen=self._str(example, "chosen"),
+                               rejected=self._str(example, "rejected"), images=images)
     if "turns" in self.fields:
       path = self.fields["turns"]
       turns = [_text(t, path) for t in _get(example, path)]
@@ -170,7 +170,7 @@ class FieldMapping:
       turns = [self._str(example, "question"), self._str(example, "answer")]
     if turns:
       turns[0] = _with_markers(turns[0], len(images))
-    return records.Chat(turns=tuple(turns), images=images)
+    return schema.Chat(turns=tuple(turns), images=images)
 
 
 def mapping_of(spec: TfdsSpec) -> FieldMapping:

@@ -1,6 +1,6 @@
 """Exact-match evaluation of chat answers with greedy KV-cache decoding.
 
-A task is a shard set of `records.Chat` samples with one question and its
+A task is a shard set of `schema.Chat` samples with one question and its
 answer. Each question becomes a generation prompt (the chat template up to
 `<|assistant|>\\n`, images as anyres crops or one base crop), prompts are
 decoded greedily in left-padded batches of one static shape per task (one
@@ -17,6 +17,7 @@ import numpy as np
 
 from bliperax.data import batch as batch_lib
 from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data import text as text_lib
 from bliperax.data.pipeline import decode_image
 from bliperax.infer import generate as generate_lib
@@ -36,7 +37,7 @@ def questions_from_shards(paths, limit: int = 0) -> list[Question]:
   """The single-turn chats of a shard set (the first `limit`, 0 = all)."""
   out = []
   for sample in records.read_samples(paths):
-    if not isinstance(sample, records.Chat) or len(sample.turns) != 2:
+    if not isinstance(sample, schema.Chat) or len(sample.turns) != 2:
       raise ValueError(f"{sample.id}: evaluation needs single-turn chats, got "
                        f"{type(sample).__name__} with {len(getattr(sample, 'turns', ()))} turns")
     out.append(Question(sample.id, sample.images, sample.turns[0], sample.turns[1]))

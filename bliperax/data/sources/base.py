@@ -15,7 +15,7 @@ import glob
 import os
 from typing import Any, Iterator, Sequence, Union
 
-from bliperax.data import records
+from bliperax.data import schema
 
 
 class InputError(Exception):
@@ -29,7 +29,7 @@ class InputError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Draft:
-  """A sample before its images are read: `records.KINDS[kind](id=id, **fields)`."""
+  """A sample before its images are read: `schema.KINDS[kind](id=id, **fields)`."""
   id: str
   kind: str
   fields: dict[str, Any]
@@ -37,7 +37,7 @@ class Draft:
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-  """A record that did not become a sample, and why (a `records` reason)."""
+  """A record that did not become a sample, and why (a `schema` reason)."""
   id: str
   reason: str
   message: str
@@ -73,13 +73,13 @@ def skip_on_invalid(record_id: str, make) -> Item:
   """`make()`, or a `Skipped` when it raises `InvalidSample`."""
   try:
     return make()
-  except records.InvalidSample as e:
+  except schema.InvalidSample as e:
     return Skipped(record_id, e.reason, e.message)
 
 
-def malformed(message: str) -> records.InvalidSample:
+def malformed(message: str) -> schema.InvalidSample:
   """The error for a record that does not have its format's shape."""
-  return records.InvalidSample(records.MALFORMED_RECORD, message)
+  return schema.InvalidSample(schema.MALFORMED_RECORD, message)
 
 
 def expand_inputs(spec: str, suffixes: Sequence[str]) -> list[str]:

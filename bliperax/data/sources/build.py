@@ -19,6 +19,7 @@ import multiprocessing
 from typing import Callable, Iterable, Iterator, Union
 
 from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data.sources import base
 from bliperax.data.sources import images
 
@@ -72,13 +73,13 @@ def realize(item: base.Item, options: BuildOptions) -> Outcome:
   """Reads and checks a draft's images and encodes the sample."""
   if isinstance(item, base.Skipped):
     return item
-  kind = records.KINDS[item.kind]
+  kind = schema.KINDS[item.kind]
   dropped = []
 
   def load(ref: images.ImageRef):
     try:
       return images.load(ref, options.image_check)
-    except records.InvalidSample as e:
+    except schema.InvalidSample as e:
       if options.drop_bad_images and item.kind == "interleaved":
         dropped.append((e.reason, e.message))
         return None
@@ -87,9 +88,9 @@ def realize(item: base.Item, options: BuildOptions) -> Outcome:
   try:
     kind(id=item.id, **_map_images(item.fields, lambda ref: _PLACEHOLDER))
     sample = kind(id=item.id, **_map_images(item.fields, load))
-  except records.InvalidSample as e:
+  except schema.InvalidSample as e:
     return base.Skipped(item.id, e.reason, e.message)
-  return Written(item.id, item.kind, records.encode(sample), tuple(dropped))
+  return Written(item.id, item.kind, schema.encode(sample), tuple(dropped))
 
 
 def _realize_chunk(chunk: list[base.Item], options: BuildOptions) -> list[Outcome]:

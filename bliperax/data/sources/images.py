@@ -16,7 +16,7 @@ import warnings
 
 from PIL import Image
 
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data.sources import base
 
 MISSING_IMAGE = "missing_image"
@@ -58,7 +58,7 @@ def ref_from_json(value, root: str) -> ImageRef:
       return ImageRef(data=_b64(value["bytes"]))
     value = value.get("path") or value.get("url") or value.get("src")
   if value is None or value == "":
-    raise records.InvalidSample(MISSING_IMAGE, "image entry is empty")
+    raise schema.InvalidSample(MISSING_IMAGE, "image entry is empty")
   if not isinstance(value, str):
     raise base.malformed(f"image entry is a {type(value).__name__}")
   if value.startswith("data:"):
@@ -85,12 +85,12 @@ def check(data: bytes, level: str) -> None:
           im.load()
         width, height = im.size
   except Image.UnidentifiedImageError as e:
-    raise records.InvalidSample(UNREADABLE_IMAGE, f"not an image format PIL knows "
-                                f"({len(data)} bytes)") from e
+    raise schema.InvalidSample(UNREADABLE_IMAGE, f"not an image format PIL knows "
+                               f"({len(data)} bytes)") from e
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...).
-    raise records.InvalidSample(UNREADABLE_IMAGE, f"{type(e).__name__}: {e}") from e
+    raise schema.InvalidSample(UNREADABLE_IMAGE, f"{type(e).__name__}: {e}") from e
   if width < 1 or height < 1:
-    raise records.InvalidSample(UNREADABLE_IMAGE, f"image is {width}x{height}")
+    raise schema.InvalidSample(UNREADABLE_IMAGE, f"image is {width}x{height}")
 
 
 def load(ref: ImageRef, level: str) -> bytes:
@@ -100,17 +100,17 @@ def load(ref: ImageRef, level: str) -> bytes:
     InvalidSample: IMAGE_NOT_FETCHABLE, MISSING_IMAGE_FILE or UNREADABLE_IMAGE.
   """
   if ref.url is not None:
-    raise records.InvalidSample(IMAGE_NOT_FETCHABLE, f"{ref.url} (URLs are not downloaded)")
+    raise schema.InvalidSample(IMAGE_NOT_FETCHABLE, f"{ref.url} (URLs are not downloaded)")
   data = ref.data
   if data is None:
     try:
       with open(ref.path, "rb") as f:
         data = f.read()
     except FileNotFoundError as e:
-      raise records.InvalidSample(MISSING_IMAGE_FILE, f"{ref.path} not found") from e
+      raise schema.InvalidSample(MISSING_IMAGE_FILE, f"{ref.path} not found") from e
     except OSError as e:
-      raise records.InvalidSample(MISSING_IMAGE_FILE, f"{ref.path}: {e}") from e
+      raise schema.InvalidSample(MISSING_IMAGE_FILE, f"{ref.path}: {e}") from e
   if not data:
-    raise records.InvalidSample(UNREADABLE_IMAGE, "image file is empty")
+    raise schema.InvalidSample(UNREADABLE_IMAGE, "image file is empty")
   check(bytes(data), level)
   return bytes(data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data.sources import base
 from bliperax.data.sources import images
 from bliperax.data.sources import jsonio
@@ -43,13 +43,13 @@ def _turns(conversations) -> tuple[str | None, list[str]]:
       raise base.malformed(f"turn {i} is from unknown role {turn.get('from')!r}")
     if role == "system":
       if i:
-        raise records.InvalidSample(records.BAD_TURN_ORDER, f"system turn at position {i}")
+        raise schema.InvalidSample(schema.BAD_TURN_ORDER, f"system turn at position {i}")
       system = turn["value"]
       continue
     expected = "user" if len(turns) % 2 == 0 else "assistant"
     if role != expected:
-      raise records.InvalidSample(records.BAD_TURN_ORDER,
-                                  f"turn {i} is from {role}, expected {expected}")
+      raise schema.InvalidSample(schema.BAD_TURN_ORDER,
+                                 f"turn {i} is from {role}, expected {expected}")
     turns.append(turn["value"])
   return system, turns
 

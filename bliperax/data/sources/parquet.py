@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data.sources import base
 from bliperax.data.sources import images
 
@@ -22,14 +22,14 @@ _BATCH_ROWS = 64
 def _image_ref(value, root: str) -> images.ImageRef:
   if isinstance(value, (bytes, bytearray, memoryview)):
     if not value:
-      raise records.InvalidSample(images.MISSING_IMAGE, "image bytes are empty")
+      raise schema.InvalidSample(images.MISSING_IMAGE, "image bytes are empty")
     return images.ImageRef(data=bytes(value))
   if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
     return _image_ref(value["bytes"], root)
   if isinstance(value, dict):
     value = value.get("path")
   if value is None:
-    raise records.InvalidSample(images.MISSING_IMAGE, "image is null")
+    raise schema.InvalidSample(images.MISSING_IMAGE, "image is null")
   return images.ref_from_json(value, root)
 
 
@@ -37,7 +37,7 @@ def _draft(row: dict, sample_id: str, options: base.ReaderOptions,
            root: str) -> base.Draft:
   text = row[options.text_field]
   if text is None:
-    raise records.InvalidSample(records.EMPTY_TEXT, f"{options.text_field!r} is null")
+    raise schema.InvalidSample(schema.EMPTY_TEXT, f"{options.text_field!r} is null")
   if not isinstance(text, str):
     raise base.malformed(f"{options.text_field!r} is a {type(text).__name__}")
   if not options.image_field:

@@ -3,14 +3,14 @@
 JSONL (or a JSON array) of `{"id"?, "prompt", "image": path | "images": [...],
 "chosen", "rejected", "system"?}`; image entries as in `llava.py`. Preference
 datasets rarely mark images in the prompt, so a prompt with no `<image>` gets
-one `<image>\\n` per image in front (the SFT layout, bliperax/DESIGN.md §5); a prompt
+one `<image>\\n` per image in front (the SFT layout, SPEC.md §4); a prompt
 with some markers must have exactly one per image.
 """
 from __future__ import annotations
 
 from typing import Iterator
 
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data.sources import base
 from bliperax.data.sources import jsonio
 from bliperax.data.sources import llava
@@ -23,7 +23,7 @@ def _text(obj: dict, key: str, optional: bool = False) -> str | None:
   if value is None and optional:
     return None
   if value is None:
-    raise records.InvalidSample(records.EMPTY_TEXT, f"no {key!r}")
+    raise schema.InvalidSample(schema.EMPTY_TEXT, f"no {key!r}")
   if not isinstance(value, str):
     raise base.malformed(f"{key!r} is a {type(value).__name__}")
   return value
@@ -33,8 +33,8 @@ def _draft(obj, sample_id: str, root: str) -> base.Draft:
   obj = jsonio.require_object(obj)
   prompt = _text(obj, "prompt")
   refs = llava.image_refs(obj, root)
-  if refs and records.IMAGE_MARKER not in prompt:
-    prompt = f"{records.IMAGE_MARKER}\n" * len(refs) + prompt
+  if refs and schema.IMAGE_MARKER not in prompt:
+    prompt = f"{schema.IMAGE_MARKER}\n" * len(refs) + prompt
   return base.Draft(sample_id, "preference", {
       "prompt": prompt, "chosen": _text(obj, "chosen"), "rejected": _text(obj, "rejected"),
       "images": refs, "system": _text(obj, "system", optional=True)})

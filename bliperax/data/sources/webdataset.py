@@ -14,7 +14,7 @@ import tarfile
 import zlib
 from typing import Iterator
 
-from bliperax.data import records
+from bliperax.data import schema
 from bliperax.data.sources import base
 from bliperax.data.sources import images
 
@@ -46,8 +46,8 @@ def _caption(members: dict[str, bytes], options: base.ReaderOptions) -> tuple[st
       raise base.malformed(f".txt member is not UTF-8: {e}") from e
   text = meta.get(options.text_field)
   if text is None:
-    raise records.InvalidSample(records.EMPTY_TEXT,
-                                f"no .txt member and no {options.text_field!r} in .json")
+    raise schema.InvalidSample(schema.EMPTY_TEXT,
+                               f"no .txt member and no {options.text_field!r} in .json")
   if not isinstance(text, str):
     raise base.malformed(f"{options.text_field!r} is a {type(text).__name__}")
   return text, meta
@@ -57,8 +57,8 @@ def _draft(key: str, members: dict[str, bytes], sample_id: str,
            options: base.ReaderOptions) -> base.Draft:
   image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
   if image is None:
-    raise records.InvalidSample(images.MISSING_IMAGE,
-                                f"key {key} has no image member ({', '.join(members)})")
+    raise schema.InvalidSample(images.MISSING_IMAGE,
+                               f"key {key} has no image member ({', '.join(members)})")
   text, meta = _caption(members, options)
   if options.id_field and options.id_field in meta:
     sample_id = str(meta[options.id_field])
