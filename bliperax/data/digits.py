@@ -134,7 +134,7 @@ def caption_samples(split: Split, copies: int = 0, seed: int = 0
 
 
 def _chat(task: str, images: Sequence[bytes], answer: str, sid: str) -> schema.Chat:
-  # SFT convention (SPEC.md §4): one `<image>\n` per image at the start of the turn.
+  # SFT convention (bliperax/DESIGN.md §5): one `<image>\n` per image at the start of the turn.
   question = "<image>\n" * len(images) + QUESTIONS[task]
   return schema.Chat(turns=(question, answer), images=tuple(images), id=sid)
 

@@ -1,6 +1,6 @@
 """The Grain host pipeline: mixture -> prepare each sample -> pack -> batch -> prefetch.
 
-Stages (DESIGN.md "Data flow"), per process:
+Stages (bliperax/DESIGN.md §6), per process:
 
 1. `mixture.build`: every source shuffled per epoch (seeded), sliced for this
    process, repeated, mapped with `PrepareSample`, and mixed by weight. All of

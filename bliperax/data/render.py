@@ -4,7 +4,7 @@ One function, `render`, turns any `schema` sample into `Rendered`: the token
 ids (one `<image>` per image, not yet expanded), the labels (-100 off the
 loss) and the encoded images in the order of their `<image>` tokens.
 
-Layouts (SPEC.md §4, §5, §6):
+Layouts (bliperax/DESIGN.md §5):
 
 * `Caption` (captions, OCR, grounding; pre-training):
   `<image>{text}<|endofchunk|><|endoftext|>`, loss on every text token.
@@ -19,7 +19,7 @@ Layouts (SPEC.md §4, §5, §6):
 
 `<|endofchunk|>` and `<image>` never carry loss (`text.Tokenizer.no_loss_ids`).
 Images over the per-sample cap (the reference skips training samples with
-more than 4, SPEC.md §3): a document keeps its first `max_images` images and
+more than 4, bliperax/DESIGN.md §7): a document keeps its first `max_images` images and
 all its text (`Rendered.capped`); a chat or preference sample is skipped,
 since its text refers to every image.
 """

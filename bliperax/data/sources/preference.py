@@ -3,7 +3,7 @@
 JSONL (or a JSON array) of `{"id"?, "prompt", "image": path | "images": [...],
 "chosen", "rejected", "system"?}`; image entries as in `llava.py`. Preference
 datasets rarely mark images in the prompt, so a prompt with no `<image>` gets
-one `<image>\\n` per image in front (the SFT layout, SPEC.md §4); a prompt
+one `<image>\\n` per image in front (the SFT layout, bliperax/DESIGN.md §5); a prompt
 with some markers must have exactly one per image.
 """
 from __future__ import annotations
