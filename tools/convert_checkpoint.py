@@ -34,6 +34,7 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bliperax import atomic  # noqa: E402
 from bliperax.convert import hf, layout, mapping, params_io  # noqa: E402
 from bliperax.convert.safetensors_io import CheckpointError  # noqa: E402
 
@@ -159,7 +160,7 @@ def main(argv):
   start = time.time()
   try:
     dst = pathlib.Path(_DST.value)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not _OVERWRITE.value:
+    if atomic.is_occupied(dst) and not _OVERWRITE.value:
       # Checked again when writing; failing here saves reading a whole model first.
       raise CheckpointError(f"{dst}: exists and is not empty (pass --overwrite to replace it)")
     params, cfg, hf_conf = _load(source, target)

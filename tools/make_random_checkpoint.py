@@ -21,9 +21,7 @@ JSON summary {"dst", "tensors", "parameters", "bytes", "shards", "seconds"} last
 import json
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 from typing import Dict, List, Tuple, Union
 
@@ -34,6 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
+from bliperax import atomic  # noqa: E402
 from bliperax.convert import hf, hf_config  # noqa: E402
 from bliperax.convert.safetensors_io import (INDEX_NAME, SINGLE_NAME, CheckpointError,  # noqa: E402
                                              write_file)
@@ -114,18 +113,15 @@ def write_random(dst: os.PathLike, shards: List[Tuple[str, List[Spec]]],
   `default_rng([seed, k])`, so any one tensor can be regenerated on its own.
   """
   dst = pathlib.Path(dst).absolute()
-  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+  if atomic.is_occupied(dst) and not overwrite:
     raise CheckpointError(f"{dst}: exists and is not empty (pass --overwrite to replace it)")
   dtype = np.dtype(dtype)
   sizes = {n: int(np.prod(s, dtype=np.int64)) for _, group in shards for n, s in group}
   total = sum(sizes.values()) * dtype.itemsize
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the checkpoint's mode
-  bar = tqdm.tqdm(total=total, desc=f"write {dst.name}", unit="B", unit_scale=True,
-                  unit_divisor=1024, disable=not progress)
   counter = iter(range(len(sizes)))
-  try:
+  with atomic.atomic_directory(dst) as tmp, tqdm.tqdm(
+      total=total, desc=f"write {dst.name}", unit="B", unit_scale=True, unit_divisor=1024,
+      disable=not progress) as bar:
     weight_map = {}
     for fname, group in shards:
 
@@ -145,13 +141,6 @@ def write_random(dst: os.PathLike, shards: List[Tuple[str, List[Spec]]],
       (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
     text = config if isinstance(config, str) else json.dumps(config, indent=2)
     (tmp / "config.json").write_text(text)
-    if dst.exists():
-      shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-    os.replace(tmp, dst)
-  finally:
-    bar.close()
-    if tmp.exists():
-      shutil.rmtree(tmp)
   return {"dst": str(dst), "tensors": len(sizes), "parameters": sum(sizes.values()),
           "bytes": total, "shards": len(shards)}
 

@@ -15,14 +15,13 @@ import functools
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import numpy as np
 import tqdm
 
+from bliperax import atomic
 from bliperax.convert import hf_config, layout, mapping
 from bliperax.convert.safetensors_io import (DTYPE_NAMES, FLOAT_DTYPES, INDEX_NAME, ITEMSIZES,
                                              SINGLE_NAME, CheckpointError, CheckpointReader,
@@ -365,7 +364,7 @@ def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
     CheckpointError: `dst` is in the way, or params do not match the config.
   """
   dst = pathlib.Path(dst)
-  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+  if atomic.is_occupied(dst) and not overwrite:
     raise CheckpointError(f"{dst}: exists and is not empty (pass overwrite to replace it)")
   flat = layout.flatten(params)
   if layout.is_scanned(flat):
@@ -396,12 +395,9 @@ def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
   sizes = [int(np.prod(shapes[r.hf], dtype=np.int64)) * dtypes[r.hf].itemsize for r in rules]
   plan = _plan_shards(rules, sizes, max_shard_bytes)
 
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the checkpoint's mode
-  bar = tqdm.tqdm(total=sum(sizes), desc=f"write {dst.name}", unit="B", unit_scale=True,
-                  unit_divisor=1024, disable=not progress)
-  try:
+  with atomic.atomic_directory(dst) as tmp, tqdm.tqdm(
+      total=sum(sizes), desc=f"write {dst.name}", unit="B", unit_scale=True,
+      unit_divisor=1024, disable=not progress) as bar:
     weight_map = {}
     for k, idx in enumerate(plan):
       fname = SINGLE_NAME if len(plan) == 1 else (
@@ -425,11 +421,4 @@ def save_xgenmm(params: dict, cfg: XGenMMConfig, dst: os.PathLike,
     config = hf_config.xgenmm_to_hf(cfg, dtype_name, source=source_config)
     config["torch_dtype"] = dtype_name  # a kept source value would be stale after a cast
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    if dst.exists():
-      shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-    os.replace(tmp, dst)
-  finally:
-    bar.close()
-    if tmp.exists():
-      shutil.rmtree(tmp)
   return dst

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 import threading
 from typing import Optional, Tuple
 
@@ -33,6 +31,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import type_handlers
 import tqdm
 
+from bliperax import atomic
 from bliperax.convert.safetensors_io import CheckpointError
 from bliperax.models import config as config_lib
 from bliperax.models.config import XGenMMConfig
@@ -119,13 +118,10 @@ def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
     CheckpointError: `dst` is in the way.
   """
   dst = pathlib.Path(dst).absolute()
-  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+  if atomic.is_occupied(dst) and not overwrite:
     raise CheckpointError(f"{dst}: exists and is not empty (pass overwrite to replace it)")
   params = flax_unbox(params)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the checkpoint's mode
-  try:
+  with atomic.atomic_directory(dst) as tmp:
     total = sum(int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
                 for x in jax.tree.leaves(params))
     with _DiskProgress(tmp, total, f"write {dst.name}", progress), \
@@ -137,12 +133,6 @@ def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
       ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params, ocdbt_target_data_file_size=0))
     card = {"format": FORMAT, "model": config_lib.to_dict(cfg), "hf_config": hf_config}
     (tmp / CARD).write_text(json.dumps(card, indent=1))
-    if dst.exists():
-      shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-    os.replace(tmp, dst)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
   return dst
 
 
