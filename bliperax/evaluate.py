@@ -68,14 +68,18 @@ def main(argv):
       print(f"error: no held-out shards for task {task!r} at {folder}", file=sys.stderr)
       return 2
     anyres = {"on": True, "off": False}.get(_ANYRES.value, task in anyres_tasks)
-    questions = eval_lib.questions_from_shards(str(folder), _LIMIT.value)
-    print(f"evaluating {task}: {len(questions)} questions "
-          f"({'anyres' if anyres else 'base crop'})", flush=True)
-    results[task] = eval_lib.evaluate_task(
-        params, model_cfg, questions, tokenizer, anyres,
-        max_new_tokens=cfg.eval.get("max_new_tokens", 8),
-        batch_size=_BATCH.value or cfg.eval.get("batch_size", 64), system=system,
-        progress=lambda n, total=len(questions): print(f"  {n}/{total}", flush=True))
+    try:
+      questions = eval_lib.questions_from_shards(str(folder), _LIMIT.value)
+      print(f"evaluating {task}: {len(questions)} questions "
+            f"({'anyres' if anyres else 'base crop'})", flush=True)
+      results[task] = eval_lib.evaluate_task(
+          params, model_cfg, questions, tokenizer, anyres,
+          max_new_tokens=cfg.eval.get("max_new_tokens", 8),
+          batch_size=_BATCH.value or cfg.eval.get("batch_size", 64), system=system,
+          progress=lambda n, total=len(questions): print(f"  {n}/{total}", flush=True))
+    except ValueError as e:  # a sample that is not a question, an undecodable image
+      print(f"error: task {task!r} ({folder}): {e}", file=sys.stderr)
+      return 2
   print(_table(results))
   summary = {"checkpoint": str(_CHECKPOINT.value), "anyres": _ANYRES.value,
              "accuracy": {t: r["accuracy"] for t, r in results.items()}, "tasks": results}

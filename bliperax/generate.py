@@ -5,7 +5,8 @@ r"""Chat with a checkpoint: one prompt, its images, streamed answer (KV cache).
 
 Each --image is one `<image>` of the prompt, in order. Without markers in the
 prompt, one `<image>\n` per image is put in front (the SFT convention); with
-markers, their count must equal the number of images. Decoding is greedy
+markers, their count must equal the number of images. Without --image the
+prompt is text only. Decoding is greedy
 (--temperature=0) or sampled (--temperature, --top_k, --top_p, --seed), stops
 at `<|end|>` (or `<|endoftext|>`), and prints tokens as they come. Exits
 non-zero with a message on a missing checkpoint or an image that does not decode.
@@ -21,13 +22,17 @@ _PROMPT = flags.DEFINE_string("prompt", None, "The user turn.")
 _SYSTEM = flags.DEFINE_string("system", None, "System turn (default: none, as the digits "
                               "SFT config).")
 _ANYRES = flags.DEFINE_bool("anyres", True, "Anyres crops (else the squashed base crop).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate (the prompt "
+                                "plus these must fit the model's max_positions).",
+                                lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy; else sampling "
-                                  "temperature.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely (0 = all).")
+                                  "temperature.", lower_bound=0.0)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely (0 = all).",
+                               lower_bound=0)
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["checkpoint", "prompt"])
+flags.register_validator("top_p", lambda p: 0 < p <= 1, "--top_p must be in (0, 1]")
 
 
 def _fail(message: str) -> int:
@@ -81,9 +86,12 @@ def main(argv):
     print(text[len(previous):], end="", flush=True)
 
   rng = jax.random.PRNGKey(_SEED.value) if _TEMPERATURE.value > 0 else None
-  generate_lib.generate(params, model_cfg, batch, _MAX_NEW.value, eos_ids=tokenizer.eos_ids,
-                        pad_id=tokenizer.pad_id, temperature=_TEMPERATURE.value,
-                        top_k=_TOP_K.value, top_p=_TOP_P.value, rng=rng, on_token=stream)
+  try:
+    generate_lib.generate(params, model_cfg, batch, _MAX_NEW.value, eos_ids=tokenizer.eos_ids,
+                          pad_id=tokenizer.pad_id, temperature=_TEMPERATURE.value,
+                          top_k=_TOP_K.value, top_p=_TOP_P.value, rng=rng, on_token=stream)
+  except ValueError as e:  # max_new_tokens past max_positions: raised before any token
+    return _fail(f"--max_new_tokens: {e}")
   print(flush=True)
   return 0
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import digits
 from bliperax.data import text as text_lib
 from bliperax.infer import checkpoints
@@ -80,7 +81,7 @@ def test_kv_cache_generate_equals_full_recomputation(trained, images):
   prompt = batch_lib.collate(examples, cfg, tokenizer.pad_id, side="left")
   steps = 6
   cached = generate_lib.generate(params, cfg, prompt, steps, eos_ids=())
-  inputs = {k: jnp.asarray(prompt[k]) for k in batch_lib.MODEL_KEYS}
+  inputs = {k: jnp.asarray(prompt[k]) for k in batch_spec.MODEL_KEYS}
   # Unused group slots point one past the prompt (dropped); appending tokens would
   # bring that slot into range, so point them far away instead.
   t = prompt["tokens"].shape[1]
@@ -140,3 +141,67 @@ def test_evaluate_cli_bad_input(trained, tmp_path):
   assert missing.returncode != 0 and "cannot load --checkpoint" in missing.stderr
   no_task = _cli("bliperax.evaluate", config, f"--checkpoint={run['sft']}", "--tasks=poetry")
   assert no_task.returncode != 0 and "no held-out shards for task 'poetry'" in no_task.stderr
+
+
+def _error_line(result) -> str:
+  """The one line a refused command printed on stderr (absl's help hint aside)."""
+  lines = [l for l in result.stderr.splitlines()
+           if l.strip() and not l.startswith("Pass --helpshort")]
+  assert result.returncode != 0, result.stdout[-2000:]
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  return lines[0]
+
+
+def test_generate_cli_text_only_prompt(trained):
+  run, _, _ = trained
+  out = _cli("bliperax.generate", f"--checkpoint={run['sft']}", "--prompt=What is 2+2?",
+             "--max_new_tokens=3")
+  assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_generate_cli_refuses_bad_max_new_tokens(trained):
+  run, _, cfg = trained
+  for value, expected in (("0", "positive"), ("-3", "positive"),
+                          (str(cfg.text.max_positions), "max_positions")):
+    line = _error_line(_cli("bliperax.generate", f"--checkpoint={run['sft']}",
+                            "--prompt=Hi", f"--max_new_tokens={value}"))
+    assert "max_new_tokens" in line and expected in line, line
+
+
+def test_generate_checks_max_new_tokens_before_allocating(trained):
+  _, params, cfg = trained
+  tokenizer = text_lib.Tokenizer()
+  example = eval_lib.prompt_example("What is 2+2?", [], cfg, tokenizer, anyres=False)
+  prompt = batch_lib.collate([example], cfg, tokenizer.pad_id, side="left")
+  for bad in (0, -1, cfg.text.max_positions):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+      generate_lib.generate(params, cfg, prompt, bad)
+  room = cfg.text.max_positions - len(example.tokens)
+  with pytest.raises(ValueError, match=f"at most {room} new tokens"):
+    generate_lib.generate(params, cfg, prompt, room + 1)
+
+
+def test_evaluate_text_only_and_mixed_questions(trained, images):
+  """Text-only questions evaluate alone and batched with image questions."""
+  _, params, cfg = trained
+  tokenizer = text_lib.Tokenizer()
+  with open(images["digits"][0], "rb") as f:
+    png = f.read()
+  text_q = eval_lib.Question("t0", (), "What is 2+2?", "4")
+  image_q = eval_lib.Question("i0", (png,), "<image>\nWhat digit is this?", "0")
+  alone = eval_lib.evaluate_task(params, cfg, [text_q], tokenizer, anyres=False,
+                                 max_new_tokens=2, batch_size=2)
+  mixed = eval_lib.evaluate_task(params, cfg, [text_q, image_q], tokenizer, anyres=True,
+                                 max_new_tokens=2, batch_size=2)
+  assert alone["total"] == 1 and mixed["total"] == 2
+  # The text-only row's greedy answer does not depend on what shares its batch.
+  assert alone["predictions"][0]["prediction"] == mixed["predictions"][0]["prediction"]
+
+
+def test_evaluate_names_the_question_with_an_undecodable_image(trained, images):
+  _, params, cfg = trained
+  with open(images["broken"], "rb") as f:
+    broken = f.read()
+  bad = eval_lib.Question("heldout-17", (broken,), "<image>\nWhat digit is this?", "3")
+  with pytest.raises(ValueError, match="question 'heldout-17': undecodable image"):
+    eval_lib.evaluate_task(params, cfg, [bad], text_lib.Tokenizer(), anyres=False)

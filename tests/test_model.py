@@ -7,6 +7,7 @@ import pytest
 
 from bliperax.convert import layout
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.infer import generate as generate_lib
 from bliperax.models import presets, xgenmm
 
@@ -32,7 +33,7 @@ def _random_batch(cfg, rng, b=2, t=T, crops=2, groups=2, side="right"):
     vis = batch_lib.VisionInput(r.uniform(-1, 1, (crops, s, s, 3)).astype(np.float32),
                                 index, mask)
     # one <image> expanding into all groups of this row
-    examples.append(batch_lib.expand(ids, None, [vis], lat, s))
+    examples.append(batch_lib.expand(ids, None, [vis], batch_spec.VisionDims.of(cfg)))
   return batch_lib.collate(examples, cfg, pad_id=32011, side=side, length=t,
                            num_crops=crops, num_groups=groups)
 
@@ -54,7 +55,7 @@ def test_every_parameter_has_logical_axes(preset):
 def test_scanned_equals_unrolled(preset):
   cfg = presets.get(preset)
   params = jax.device_get(layout.flatten(xgenmm.init_params(cfg, jax.random.PRNGKey(0))))
-  batch = batch_lib.model_inputs(_random_batch(cfg, 0))
+  batch = batch_spec.model_inputs(_random_batch(cfg, 0))
   unrolled = xgenmm.XGenMM(cfg).apply({"params": layout.unflatten(params)}, **batch)
   scanned_cfg = cfg.with_numerics(scan_layers=True, remat_policy="full")
   stacked = layout.unflatten(layout.stack_layers(params))
@@ -82,7 +83,7 @@ def test_kv_cache_decoding_equals_full_recomputation(preset, scan):
 
   # Full recomputation: append the generated tokens and run one non-cached forward.
   b, t = prompt["tokens"].shape
-  full = {k: v for k, v in batch_lib.model_inputs(prompt).items()}
+  full = {k: v for k, v in batch_spec.model_inputs(prompt).items()}
   full["tokens"] = np.concatenate([prompt["tokens"], out], axis=1)
   last = prompt["positions"][:, -1:]
   full["positions"] = np.concatenate([prompt["positions"], last + 1 + np.arange(new)], axis=1)
@@ -96,7 +97,7 @@ def test_kv_cache_decoding_equals_full_recomputation(preset, scan):
   # The cached logits themselves match, not just their argmax.
   cache = generate_lib.init_cache(cfg, b, t + new)
   step_logits, _ = generate_lib._forward(cfg, params, cache, {
-      k: jnp.asarray(v) for k, v in batch_lib.model_inputs(prompt).items()})
+      k: jnp.asarray(v) for k, v in batch_spec.model_inputs(prompt).items()})
   np.testing.assert_allclose(np.asarray(step_logits), logits[:, t - 1], atol=ATOL, rtol=0)
 
 
@@ -104,7 +105,7 @@ def test_padding_does_not_change_valid_logits():
   """A row's logits are the same alone and in a padded batch (masks are right)."""
   cfg = presets.get("tiny_gqa")
   params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(2))))
-  batch = batch_lib.model_inputs(_random_batch(cfg, 5))
+  batch = batch_spec.model_inputs(_random_batch(cfg, 5))
   both = np.asarray(xgenmm.XGenMM(cfg).apply({"params": params}, **batch))
   row = {k: v[1:] for k, v in batch.items()}
   n = int(row["segment_ids"].sum())

@@ -7,6 +7,7 @@ import pytest
 
 import pipeline_helpers as helpers
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import example_shards
 from bliperax.data import packing
 from bliperax.data import pipeline
@@ -18,8 +19,8 @@ from bliperax.models import layers, presets, xgenmm
 CFG = presets.tiny()
 LAT = CFG.resampler.num_latents
 P = CFG.vision.num_patches
-LIMITS = packing.Limits(length=256, crops=10, groups=10)
-DIMS = packing.RowDims(CFG.vision.image_size, P, LAT)
+LIMITS = batch_spec.Limits(length=256, crops=10, groups=10)
+DIMS = batch_spec.VisionDims(CFG.vision.image_size, P, LAT)
 PAD = 32011
 IMAGES = example_shards.generated_images(4)
 ANSWERS = ("A small red bus.", "Two, near the window.")
@@ -70,7 +71,7 @@ def test_no_token_attends_across_segments(examples):
 def test_packed_logits_equal_each_sample_alone(examples):
   """A packed row's logits on each segment equal that sample's logits when alone."""
   rows = [_row(examples)] + [_row([e]) for e in examples]
-  batch = {k: np.stack([r[k] for r in rows]) for k in batch_lib.MODEL_KEYS}
+  batch = {k: np.stack([r[k] for r in rows]) for k in batch_spec.MODEL_KEYS}
   params = nn.meta.unbox(xgenmm.init_params(CFG, jax.random.PRNGKey(0)))
   logits = np.asarray(jax.jit(lambda p, b: xgenmm.XGenMM(CFG).apply({"params": p}, **b))(
       params, batch))
@@ -111,7 +112,7 @@ def test_label_spans_cover_exactly_the_assistant_answers(examples):
   row = _row(examples)
   caption, chat, text = _segments(row)
   labels = row["labels"]
-  on = labels != batch_lib.IGNORE
+  on = labels != batch_spec.IGNORE
   runs = _runs(on[chat])
   assert [tok.decode(row["tokens"][chat][a:b]) for a, b in runs] == [
       f"{a}<|end|>" for a in ANSWERS]
@@ -131,20 +132,21 @@ def test_fit_never_cuts_inside_an_image_block():
   block = image.num_groups * LAT
   ids = [1, 2, 3, 4, batch_lib.IMAGE_ID, 5, 6, 7]
   labels = [1, 2, 3, 4, -100, 5, 6, 7]
-  whole = packing.fit(ids, labels, [image], LAT, packing.Limits(block + 8, 10, 10))
+  whole = packing.fit(ids, labels, [image], LAT, batch_spec.Limits(block + 8, 10, 10))
   assert whole.truncated_tokens == 0 and len(whole.images) == 1
   assert whole.labels[0] == -100  # a segment's first token is never a target
   for length in (5, block + 3, block + 4):  # the block ends at token block + 4
-    fitted = packing.fit(ids, labels, [image], LAT, packing.Limits(length, 10, 10))
+    fitted = packing.fit(ids, labels, [image], LAT, batch_spec.Limits(length, 10, 10))
     n_images = int(length >= block + 4)
     assert len(fitted.images) == n_images and fitted.truncated_images == 1 - n_images
-    expanded = batch_lib.expand(fitted.ids, fitted.labels, fitted.images, LAT, 56)
+    expanded = batch_lib.expand(fitted.ids, fitted.labels, fitted.images, DIMS)
     assert len(expanded.tokens) <= length
     assert len(expanded.tokens) + fitted.truncated_tokens == block + 7
-  few_crops = packing.fit(ids, labels, [image], LAT, packing.Limits(500, image.num_groups - 1, 10))
+  few_crops = packing.fit(ids, labels, [image], LAT,
+                          batch_spec.Limits(500, image.num_groups - 1, 10))
   assert few_crops.truncated_images == 1 and list(few_crops.ids) == [1, 2, 3, 4]
   answer_after_image = [-100] * 5 + [5, 6, 7]
-  assert packing.fit(ids, answer_after_image, [image], LAT, packing.Limits(20, 10, 10)) is None
+  assert packing.fit(ids, answer_after_image, [image], LAT, batch_spec.Limits(20, 10, 10)) is None
 
 
 def test_pipeline_rows_hold_whole_image_blocks_and_loss(tmp_path):
@@ -181,7 +183,7 @@ def test_pack_iterator_state_restores_the_held_sample(examples):
   items = [pipeline_stats.Prepared(e, 0) for e in examples * 4]
   items.insert(3, pipeline_stats.Skipped("bad_image", 0))
   counters = pipeline_stats.Counters(["s"])
-  limits = packing.Limits(length=200, crops=10, groups=10)
+  limits = batch_spec.Limits(length=200, crops=10, groups=10)
   ds = packing.PackIterDataset(grain.MapDataset.source(items).to_iter_dataset(), limits, DIMS,
                                counters)
   it = iter(ds)

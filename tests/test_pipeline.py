@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pipeline_helpers as helpers
+from bliperax.data import batch_spec
 from bliperax.data import example_shards
 from bliperax.data import mixture
 from bliperax.data import pipeline
@@ -175,7 +176,7 @@ def test_image_cap_caps_documents_and_skips_chats():
 
 def _prepare(to_sample=None, anyres=True):
   from bliperax.data import packing  # pylint: disable=g-import-not-at-top
-  return pipeline.PrepareSample(0, anyres, presets.tiny(), packing.Limits(200, 10, 10),
+  return pipeline.PrepareSample(0, anyres, presets.tiny(), batch_spec.Limits(200, 10, 10),
                                 render_lib.RenderOptions(), to_sample=to_sample)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import pipeline
 from bliperax.train import trainer
 
@@ -32,7 +33,7 @@ _COLOR = flags.DEFINE_enum("color", "auto", ["auto", "always", "never"], "Loss h
 _THUMB = flags.DEFINE_integer("thumb", 96, "Crop size on the contact sheet (px).")
 flags.mark_flags_as_required(["config"])
 
-_IGNORE = batch_lib.IGNORE
+_IGNORE = batch_spec.IGNORE
 
 
 def _marks(color: bool) -> tuple[str, str]:

@@ -3,21 +3,22 @@
 Each `<image>` token of a sample becomes the block of vision-token slots that its
 image's groups fill (G_img · L slots: the global image, then the anyres groups);
 labels are -100 over the block. `collate` pads samples to one static shape and
-computes positions, segment ids, crops, regrouping indices and slot indices; see
-`bliperax.models.xgenmm` for the batch layout.
+computes positions, segment ids, crops, regrouping indices and slot indices; the
+batch layout is `bliperax.data.batch_spec`'s.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
+from bliperax.data import batch_spec
 from bliperax.data import image as image_lib
+from bliperax.data.batch_spec import IGNORE
 from bliperax.models.config import XGenMMConfig
 
-IGNORE = -100
 IMAGE_ID = 32012
 IMAGE_PLACEHOLDER_ID = 32013
 
@@ -69,81 +70,72 @@ class Example:
   vision_slots: np.ndarray
 
 
-def expand(ids: Sequence[int], labels: Optional[Sequence[int]], images: Sequence[VisionInput],
-           num_latents: int, crop_size: int) -> Example:
-  """Replaces each `<image>` with its slot block, images in the order of their tokens.
+def image_spans(ids: Sequence[int], images: Sequence[VisionInput],
+                latents: int) -> List[Tuple[int, int, int]]:
+  """Where each image's slot block goes: (index in ids, ids it replaces, slots it fills).
 
-  Both prompt conventions work: a lone `<image>` (instruct models; the block is
-  inserted) and `<image>` followed by L-1 `<image placeholder>` (the base model's demo;
-  the L existing tokens become the slots of a single-group image).
+  Both prompt conventions work: a lone `<image>` (instruct models) is replaced by a
+  block of G·L slots; `<image>` followed by L-1 `<image placeholder>` (the base
+  model's demo) already is the block of a single-group image, so its L ids become
+  the slots. Images pair with `<image>` tokens in order.
+
+  Raises:
+    ValueError: the number of `<image>` tokens differs from the number of images.
   """
   ids = [int(t) for t in ids]
-  labels = list(ids) if labels is None else [int(x) for x in labels]
   n_markers = ids.count(IMAGE_ID)
   if n_markers != len(images):
     raise ValueError(f"the text has {n_markers} <image> token(s) but {len(images)} image(s) "
                      "were given")
-  tokens: List[int] = []
-  out_labels: List[int] = []
-  slots: List[int] = []
-  k = 0
-  i = 0
-  while i < len(ids):
-    tok = ids[i]
-    if tok != IMAGE_ID:
-      tokens.append(tok)
-      out_labels.append(labels[i])
-      i += 1
+  spans = []
+  for i, token in enumerate(ids):
+    if token != IMAGE_ID:
       continue
-    img = images[k]
-    k += 1
-    n = img.num_groups * num_latents
+    image = images[len(spans)]
     run = 1
     while i + run < len(ids) and ids[i + run] == IMAGE_PLACEHOLDER_ID:
       run += 1
-    if run == num_latents and img.num_groups == 1:  # base-model convention: slots exist
-      block = ids[i:i + run]
-      i += run
+    if run == latents and image.num_groups == 1:  # base-model convention: slots exist
+      spans.append((i, run, latents))
     else:
-      block = [IMAGE_ID] * n
-      i += 1
+      spans.append((i, 1, image.num_groups * latents))
+  return spans
+
+
+def expand(ids: Sequence[int], labels: Optional[Sequence[int]], images: Sequence[VisionInput],
+           dims: batch_spec.VisionDims) -> Example:
+  """Replaces each `<image>` with its slot block (`image_spans`), labels IGNORE there.
+
+  A text-only sample (no `<image>`, no images) has no crops and no groups.
+  """
+  ids = [int(t) for t in ids]
+  labels = list(ids) if labels is None else [int(x) for x in labels]
+  tokens: List[int] = []
+  out_labels: List[int] = []
+  slots: List[int] = []
+  done = 0  # ids consumed so far
+  for start, used, n in image_spans(ids, images, dims.latents):
+    tokens.extend(ids[done:start])
+    out_labels.extend(labels[done:start])
     slots.extend(range(len(tokens), len(tokens) + n))
-    tokens.extend(block)
+    tokens.extend(ids[start:start + used] if used == n else [IMAGE_ID] * n)
     out_labels.extend([IGNORE] * n)
+    done = start + used
+  tokens.extend(ids[done:])
+  out_labels.extend(labels[done:])
   if images:
     crops = np.concatenate([im.crops for im in images]).astype(np.float32)
-    p = images[0].group_index.shape[1]
-    offsets = np.cumsum([0] + [im.crops.shape[0] for im in images[:-1]]) * p
+    offsets = np.cumsum([0] + [im.crops.shape[0] for im in images[:-1]]) * dims.patches
     index = np.concatenate([im.group_index + off for im, off in zip(images, offsets)])
     mask = np.concatenate([im.group_mask for im in images])
   else:
-    crops = np.zeros((0, crop_size, crop_size, 3), np.float32)
-    index = np.zeros((0, 0), np.int32)
-    mask = np.zeros((0, 0), bool)
+    # Empty, but with the per-crop and per-group shapes of any other sample, so
+    # that collate and packing treat it like an image sample with none.
+    crops = np.zeros((0, dims.crop_size, dims.crop_size, 3), np.float32)
+    index = np.zeros((0, dims.patches), np.int32)
+    mask = np.zeros((0, dims.patches), bool)
   return Example(np.asarray(tokens, np.int32), np.asarray(out_labels, np.int32), crops,
                  index.astype(np.int32), mask.astype(bool), np.asarray(slots, np.int32))
-
-
-def padding_batch(b: int, t: int, c: int, g: int, crop_size: int, patches: int,
-                  latents: int, pad_id: int) -> dict:
-  """Batch arrays holding nothing but padding (the static shapes of `collate`).
-
-  tokens, labels, positions, segment_ids int32[B, T]; crops float32[B, C, S, S, 3];
-  crop_valid bool[B, C]; group_index int32[B, G, P]; group_mask bool[B, G, P];
-  group_valid bool[B, G]; vision_slots int32[B, G·L] (T where unused: dropped).
-  """
-  return dict(
-      tokens=np.full((b, t), pad_id, np.int32),
-      labels=np.full((b, t), IGNORE, np.int32),
-      positions=np.zeros((b, t), np.int32),
-      segment_ids=np.zeros((b, t), np.int32),
-      crops=np.zeros((b, c, crop_size, crop_size, 3), np.float32),
-      crop_valid=np.zeros((b, c), bool),
-      group_index=np.zeros((b, g, patches), np.int32),
-      group_mask=np.zeros((b, g, patches), bool),
-      group_valid=np.zeros((b, g), bool),
-      vision_slots=np.full((b, g * latents), t, np.int32),  # T = out of range: dropped
-  )
 
 
 def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
@@ -156,18 +148,16 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
       positions cumsum(mask) - 1, as the reference's `generate`).
     length, num_crops, num_groups: static sizes T, C, G (default: the largest needed).
   Returns:
-    dict with tokens, positions, segment_ids, labels [B, T]; crops [B, C, S, S, 3];
-    crop_valid [B, C]; group_index, group_mask [B, G, P]; group_valid [B, G];
-    vision_slots [B, G·L].
+    numpy arrays of every key of `batch_spec.ALL_KEYS`.
   """
   if side not in ("left", "right"):
     raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-  s, p, lat = cfg.vision.image_size, cfg.vision.num_patches, cfg.resampler.num_latents
   b = len(examples)
   t = length or max(len(e.tokens) for e in examples)
   c = num_crops if num_crops is not None else max(1, max(len(e.crops) for e in examples))
   g = num_groups if num_groups is not None else max(1, max(len(e.group_index) for e in examples))
-  batch = padding_batch(b, t, c, g, s, p, lat, pad_id)
+  batch = batch_spec.padding(b, batch_spec.Limits(t, c, g), batch_spec.VisionDims.of(cfg),
+                             pad_id)
   for row, e in enumerate(examples):
     n = len(e.tokens)
     if n > t or len(e.crops) > c or len(e.group_index) > g:
@@ -189,12 +179,3 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
   else:
     batch["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
   return batch
-
-
-MODEL_KEYS = ("tokens", "positions", "segment_ids", "crops", "group_index", "group_mask",
-              "vision_slots")
-
-
-def model_inputs(batch: dict) -> dict:
-  """The keyword arguments of `XGenMM.__call__` from a collated batch."""
-  return {k: batch[k] for k in MODEL_KEYS}

@@ -31,33 +31,9 @@ import grain
 import numpy as np
 
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import pipeline_stats as stats_lib
-
-IGNORE = batch_lib.IGNORE
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-  """Static sizes of one row.
-
-  Attributes:
-    length: T, token slots (vision slots included).
-    crops: C, image crops.
-    groups: G, resampler groups (G·L vision slots).
-    segments: most samples in a row; 1 pads instead of packing; 0: no limit.
-  """
-  length: int
-  crops: int
-  groups: int
-  segments: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class RowDims:
-  """Per-crop shapes: crop side S, ViT patches P, resampler latents L."""
-  crop_size: int
-  patches: int
-  latents: int
+from bliperax.data.batch_spec import IGNORE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,32 +46,9 @@ class Fitted:
   truncated_images: int = 0
 
 
-def _image_spans(ids: Sequence[int], images: Sequence[batch_lib.VisionInput],
-                 latents: int) -> list[tuple[int, int]]:
-  """(ids consumed, slots produced) of each image, as `batch.expand` decides them."""
-  spans, k = [], 0
-  for i, token in enumerate(ids):
-    if token != batch_lib.IMAGE_ID:
-      continue
-    if k >= len(images):
-      raise ValueError(f"more <image> tokens than the {len(images)} image(s)")
-    run = 1
-    while i + run < len(ids) and ids[i + run] == batch_lib.IMAGE_PLACEHOLDER_ID:
-      run += 1
-    num_groups = images[k].num_groups
-    if run == latents and num_groups == 1:  # the base model's placeholder convention
-      spans.append((run, latents))
-    else:
-      spans.append((1, num_groups * latents))
-    k += 1
-  if k != len(images):
-    raise ValueError(f"{k} <image> token(s) for {len(images)} image(s)")
-  return spans
-
-
 def fit(ids: Sequence[int], labels: Sequence[int],
         images: Sequence[batch_lib.VisionInput], latents: int,
-        limits: Limits) -> Optional[Fitted]:
+        limits: batch_spec.Limits) -> Optional[Fitted]:
   """Cuts a sample to fit an empty row, never inside an image block.
 
   Args:
@@ -114,12 +67,12 @@ def fit(ids: Sequence[int], labels: Sequence[int],
   """
   ids = np.asarray(ids, np.int32)
   labels = np.array(labels, np.int32)
-  spans = _image_spans(ids.tolist(), images, latents)
-  total = len(ids) + sum(slots - used for used, slots in spans)
+  spans = batch_lib.image_spans(ids.tolist(), images, latents)
+  total = len(ids) + sum(slots - used for _, used, slots in spans)
   n = crops = groups = kept = i = 0
   while i < len(ids):
     if ids[i] == batch_lib.IMAGE_ID:
-      used, slots = spans[kept]
+      _, used, slots = spans[kept]
       image = images[kept]
       if (n + slots > limits.length or crops + len(image.crops) > limits.crops
           or groups + image.num_groups > limits.groups):
@@ -142,7 +95,7 @@ def fit(ids: Sequence[int], labels: Sequence[int],
 class Row:
   """Samples collected for one row, next-fit."""
 
-  def __init__(self, limits: Limits, dims: RowDims):
+  def __init__(self, limits: batch_spec.Limits, dims: batch_spec.VisionDims):
     self.limits = limits
     self.dims = dims
     self.examples: list[batch_lib.Example] = []
@@ -170,7 +123,7 @@ class Row:
     return sum(int(np.count_nonzero(e.labels[1:] != IGNORE)) for e in self.examples)
 
   def write(self, out: dict[str, np.ndarray], b: int) -> None:
-    """Writes the row into row b of batch arrays made by `empty_batch`."""
+    """Writes the row into row b of batch arrays made by `batch_spec.padding`."""
     p, lat = self.dims.patches, self.dims.latents
     t = c = g = 0
     for segment, e in enumerate(self.examples, start=1):
@@ -193,23 +146,10 @@ class Row:
       t, c, g = t + n, c + nc, g + ng
 
   def arrays(self, pad_id: int) -> dict[str, np.ndarray]:
-    """The row alone (no batch axis); keys and shapes as `empty_batch` without B."""
-    out = empty_batch(1, self.limits, self.dims, pad_id)
+    """The row alone (no batch axis); keys and shapes as `batch_spec.padding` without B."""
+    out = batch_spec.padding(1, self.limits, self.dims, pad_id)
     self.write(out, 0)
     return {k: v[0] for k, v in out.items()}
-
-
-def empty_batch(rows: int, limits: Limits, dims: RowDims, pad_id: int
-                ) -> dict[str, np.ndarray]:
-  """Batch arrays of padding; keys as `batch.collate`.
-
-  Returns:
-    tokens, labels, positions, segment_ids int32[B, T]; crops float32[B, C, S, S, 3];
-    crop_valid bool[B, C]; group_index int32[B, G, P]; group_mask bool[B, G, P];
-    group_valid bool[B, G]; vision_slots int32[B, G·L] (T where unused: dropped).
-  """
-  return batch_lib.padding_batch(rows, limits.length, limits.crops, limits.groups,
-                                  dims.crop_size, dims.patches, dims.latents, pad_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,11 +162,11 @@ class PackedRow:
 class CollateRows:
   """Grain `batch_fn`: packed rows -> batch arrays, written once (no per-row copies)."""
 
-  def __init__(self, limits: Limits, dims: RowDims, pad_id: int):
+  def __init__(self, limits: batch_spec.Limits, dims: batch_spec.VisionDims, pad_id: int):
     self.limits, self.dims, self.pad_id = limits, dims, pad_id
 
   def __call__(self, rows: Sequence[PackedRow]) -> dict[str, np.ndarray]:
-    out = empty_batch(len(rows), self.limits, self.dims, self.pad_id)
+    out = batch_spec.padding(len(rows), self.limits, self.dims, self.pad_id)
     for b, packed in enumerate(rows):
       packed.row.write(out, b)
     out["stats"] = np.stack([packed.stats for packed in rows])
@@ -241,7 +181,7 @@ class PackIterDataset(grain.IterDataset):
   row's own counters. Batch with `CollateRows`.
   """
 
-  def __init__(self, parent: grain.IterDataset, limits: Limits, dims: RowDims,
+  def __init__(self, parent: grain.IterDataset, limits: batch_spec.Limits, dims: batch_spec.VisionDims,
                counters: stats_lib.Counters):
     super().__init__(parent)
     self.limits = limits

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import image as image_lib
 from bliperax.data import mixture
 from bliperax.data import packing
@@ -43,7 +44,7 @@ from bliperax.data import schema
 from bliperax.data import text as text_lib
 from bliperax.models.config import XGenMMConfig
 
-OUTPUT_KEYS = batch_lib.MODEL_KEYS + ("labels",)
+OUTPUT_KEYS = batch_spec.TRAIN_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ class PipelineConfig:
   """
   sources: tuple[mixture.SourceSpec, ...]
   batch_size: int
-  limits: packing.Limits
+  limits: batch_spec.Limits
   seed: int = 0
   shuffle: bool = True
   num_epochs: Optional[int] = None
@@ -94,7 +95,7 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
     raise ValueError(f"global batch {cfg.train.global_batch} is not divisible by "
                      f"{process_count} processes")
   max_crops = int(d.get("max_crops", 4))
-  limits = packing.Limits(length=int(cfg.train.seq_len), crops=max_crops,
+  limits = batch_spec.Limits(length=int(cfg.train.seq_len), crops=max_crops,
                           groups=int(d.get("max_groups", 0)) or max_crops,
                           segments=int(d.get("max_segments", 0)) if d.get("pack", True) else 1)
   system = d.get("system", text_lib.SYSTEM_PROMPT)
@@ -145,7 +146,7 @@ class PrepareSample:
   """
 
   def __init__(self, source_index: int, anyres: bool, model_cfg: XGenMMConfig,
-               limits: packing.Limits, render: render_lib.RenderOptions,
+               limits: batch_spec.Limits, render: render_lib.RenderOptions,
                tokenizer: str = "", reference_compatible: bool = False,
                to_sample=None):
     """`to_sample` maps a source item to a sample; default: `schema.decode`."""
@@ -185,8 +186,8 @@ class PrepareSample:
       fitted = packing.fit(rendered.ids, rendered.labels, images, lat, self.limits)
       if fitted is None:
         return self._skip(stats_lib.NO_LOSS_TOKENS, sample.id)
-      example = batch_lib.expand(fitted.ids, fitted.labels, fitted.images, lat,
-                                 self.model_cfg.vision.image_size)
+      example = batch_lib.expand(fitted.ids, fitted.labels, fitted.images,
+                                 batch_spec.VisionDims.of(self.model_cfg))
     except ValueError as e:  # markers and images disagree after tokenization
       return self._skip(stats_lib.RENDER_ERROR, f"{sample.id}: {e}")
     capped = (sum(isinstance(x, bytes) for x in sample.items) - len(rendered.images)
@@ -236,8 +237,7 @@ def build_dataset(pc: PipelineConfig, model_cfg: XGenMMConfig) -> grain.IterData
                         shuffle=pc.shuffle, process_index=pc.process_index,
                         process_count=pc.process_count, num_epochs=pc.num_epochs)
   read = grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_buffer_size)
-  dims = packing.RowDims(model_cfg.vision.image_size, model_cfg.vision.num_patches,
-                         model_cfg.resampler.num_latents)
+  dims = batch_spec.VisionDims.of(model_cfg)
   counters = stats_lib.Counters([s.name for s in pc.sources])
   pad_id = _tokenizer(pc.tokenizer, pc.reference_compatible).pad_id
   ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, counters)

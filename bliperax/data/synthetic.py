@@ -12,6 +12,7 @@ from typing import Dict
 import numpy as np
 
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import image as image_lib
 from bliperax.models.config import XGenMMConfig
 
@@ -48,8 +49,9 @@ class SyntheticSource:
     start, stride = int(r.integers(0, self.text_vocab)), int(r.integers(1, 4))
     text = (1000 + (start + stride * np.arange(n_text)) % self.text_vocab).tolist()
     ids = text[:1] + [batch_lib.IMAGE_ID] + text[1:]
-    labels = [batch_lib.IGNORE] * 2 + text[1:]
-    return batch_lib.expand(ids, labels, [batch_lib.VisionInput(crops, index, valid)], lat, s)
+    labels = [batch_spec.IGNORE] * 2 + text[1:]
+    return batch_lib.expand(ids, labels, [batch_lib.VisionInput(crops, index, valid)],
+                            batch_spec.VisionDims.of(self.cfg))
 
   def __iter__(self):
     return self
@@ -59,7 +61,7 @@ class SyntheticSource:
     self.index += 1
     out = batch_lib.collate(rows, self.cfg, PAD_ID, "right", length=self.seq_len,
                             num_crops=1, num_groups=1)
-    return {k: out[k] for k in batch_lib.MODEL_KEYS + ("labels",)}
+    return {k: out[k] for k in batch_spec.TRAIN_KEYS}
 
   def get_state(self) -> dict:
     return {"index": self.index, "seed": self.seed}

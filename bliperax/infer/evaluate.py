@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import records
 from bliperax.data import schema
 from bliperax.data import text as text_lib
@@ -64,8 +65,7 @@ def prompt_example(question: str, images: Sequence, model_cfg: XGenMMConfig,
                      f"{len(pil)} image(s) were given")
   rendered = text_lib.render_chat([question], tokenizer, system=system)
   vision = [batch_lib.prepare_image(im, model_cfg, anyres) for im in pil]
-  return batch_lib.expand(rendered.ids, None, vision, model_cfg.resampler.num_latents,
-                          model_cfg.vision.image_size)
+  return batch_lib.expand(rendered.ids, None, vision, batch_spec.VisionDims.of(model_cfg))
 
 
 def answer_text(ids: Sequence[int], tokenizer: text_lib.Tokenizer) -> str:
@@ -83,8 +83,8 @@ def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example
            progress: Optional[Callable[[int], None]] = None) -> list[str]:
   """Greedy answers to prompts, in batches of one static shape (the last one padded)."""
   length = max(len(e.tokens) for e in examples)
-  crops = max(len(e.crops) for e in examples)
-  groups = max(len(e.group_index) for e in examples)
+  crops = max(1, max(len(e.crops) for e in examples))  # text-only prompts have none
+  groups = max(1, max(len(e.group_index) for e in examples))
   outputs = []
   for start in range(0, len(examples), batch_size):
     chunk = list(examples[start:start + batch_size])
@@ -106,8 +106,13 @@ def evaluate_task(params, model_cfg: XGenMMConfig, questions: Sequence[Question]
                   progress: Optional[Callable[[int], None]] = None) -> dict:
   """Exact-match accuracy of one task; also every prediction (id, answer, prediction)."""
   t0 = time.time()
-  examples = [prompt_example(q.question, q.images, model_cfg, tokenizer, anyres, system)
-              for q in questions]
+  examples = []
+  for q in questions:
+    try:
+      examples.append(prompt_example(q.question, q.images, model_cfg, tokenizer, anyres,
+                                     system))
+    except ValueError as e:  # an undecodable image, markers vs images
+      raise ValueError(f"question {q.id!r}: {e}") from e
   predictions = answer(params, model_cfg, examples, tokenizer, max_new_tokens, batch_size,
                        progress)
   correct = [p == q.answer for p, q in zip(predictions, questions)]

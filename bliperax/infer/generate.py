@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bliperax.data import batch_spec
 from bliperax.models.config import XGenMMConfig
 from bliperax.models.xgenmm import XGenMM
 
@@ -57,6 +58,22 @@ def select_token(logits: jax.Array, rng: Optional[jax.Array], temperature: float
   return jax.random.categorical(rng, logits, axis=-1)
 
 
+def check_new_tokens(cfg: XGenMMConfig, prompt_positions: int, max_new_tokens: int) -> None:
+  """Raises ValueError unless 1 <= max_new_tokens and the positions stay in range.
+
+  `prompt_positions`: positions the longest prompt row uses (its last position + 1).
+  Past `max_positions` the rotary tables have no entry: refuse rather than decode
+  garbage (and before allocating a cache for it).
+  """
+  room = cfg.text.max_positions - prompt_positions
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+  if max_new_tokens > room:
+    raise ValueError(f"max_new_tokens {max_new_tokens} with a prompt of {prompt_positions} "
+                     f"positions runs past the model's max_positions "
+                     f"{cfg.text.max_positions}: at most {max(room, 0)} new tokens fit")
+
+
 def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
              eos_ids: Sequence[int] = EOS_IDS, pad_id: int = PAD_ID,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -72,14 +89,19 @@ def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
   Returns:
     int32[B, max_new_tokens]; after a row's end token (and after an early stop once
     every row has ended), `pad_id`.
+  Raises:
+    ValueError: max_new_tokens < 1, or the prompt plus max_new_tokens would run past
+      the model's `max_positions`; sampling without an rng.
   """
   if temperature > 0 and rng is None:
     raise ValueError("sampling (temperature > 0) needs an rng")
   tokens = np.asarray(prompt["tokens"])
   b, t = tokens.shape
+  check_new_tokens(cfg, int(np.max(prompt["positions"])) + 1, max_new_tokens)
   cache = init_cache(cfg, b, t + max_new_tokens)
-  keys = ("tokens", "positions", "segment_ids", "crops", "group_index", "group_mask",
-          "vision_slots")
+  keys = batch_spec.MODEL_KEYS
+  if "crop_valid" in prompt and not np.any(prompt["crop_valid"]):
+    keys = ("tokens", "positions", "segment_ids")  # text only: no ViT pass over padding
   inputs = {k: jnp.asarray(prompt[k]) for k in keys if k in prompt}
   logits, cache = _forward(cfg, params, cache, inputs)
   position = jnp.asarray(prompt["positions"])[:, -1]

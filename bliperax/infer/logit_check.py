@@ -18,6 +18,7 @@ import numpy as np
 
 from bliperax.convert import hf
 from bliperax.data import batch as batch_lib
+from bliperax.data import batch_spec
 from bliperax.data import image as image_lib
 from bliperax.data import text as text_lib
 from bliperax.infer import generate as generate_lib
@@ -111,13 +112,13 @@ def run(hf_checkpoint: pathlib.Path, golden: pathlib.Path, images: pathlib.Path,
   results.append(_equal("prompt_ids", p_ids, exp["prompt_ids"]))
 
   # --- forward over the expanded training batch
-  lat, size = cfg.resampler.num_latents, cfg.vision.image_size
-  examples = [batch_lib.expand(r[0], r[1], v, lat, size) for r, v in zip(train_rows, vision)]
+  dims = batch_spec.VisionDims.of(cfg)
+  examples = [batch_lib.expand(r[0], r[1], v, dims) for r, v in zip(train_rows, vision)]
   t = max(int(meta.get("expanded_length", 0)), max(len(e.tokens) for e in examples))
   batch = batch_lib.collate(examples, cfg, tok.pad_id, "right", length=t)
   log("forward")
   logits, state = jax.jit(lambda p, b: xgenmm.XGenMM(cfg).apply(
-      {"params": p}, **b, mutable=["intermediates"]))(params, batch_lib.model_inputs(batch))
+      {"params": p}, **b, mutable=["intermediates"]))(params, batch_spec.model_inputs(batch))
   inter = jax.tree.map(np.asarray, state["intermediates"])
   crop_valid = batch["crop_valid"].reshape(-1)
   group_valid = batch["group_valid"].reshape(-1)
@@ -148,7 +149,7 @@ def run(hf_checkpoint: pathlib.Path, golden: pathlib.Path, images: pathlib.Path,
 
   # --- greedy generation from the left-padded prompts
   log("generating")
-  prompts = [batch_lib.expand(r[0], None, v, lat, size) for r, v in zip(prompt_rows, vision)]
+  prompts = [batch_lib.expand(r[0], None, v, dims) for r, v in zip(prompt_rows, vision)]
   prompt_batch = batch_lib.collate(prompts, cfg, tok.pad_id, "left")
   new = exp["generated"].shape[1]
   out = generate_lib.generate(params, cfg, prompt_batch, new, eos_ids=GOLDEN_EOS,

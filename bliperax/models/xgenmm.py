@@ -1,15 +1,8 @@
 """The xGen-MM VLM: crops -> SigLIP -> regroup -> Perceiver -> splice into text -> Phi-3 -> logits.
 
-Batch layout (static shapes; everything dynamic was computed on the host):
-  tokens        int[B, T]      ids of the expanded sequence (vision slots hold any id)
-  positions     int[B, T]      RoPE positions
-  segment_ids   int[B, T]      0 = padding; distinct ids per packed sample
-  crops         float[B, C, H, W, 3]  image crops in [-1, 1] (unused crops are zeros)
-  group_index   int[B, G, P]   per group, indices into the row's flattened crop
-                               features [C·P] (anyres regrouping, bliperax/DESIGN.md §3)
-  group_mask    bool[B, G, P]  key mask of each group's features (True = attend)
-  vision_slots  int[B, G·L]    slot in [0, T) that each vision token fills; T (out of
-                               range) drops the token, e.g. for padding groups
+Inputs are the static-shape arrays named `MODEL_KEYS` in `bliperax.data.batch_spec`,
+whose docstring is the one description of the batch layout (the regrouping is
+bliperax/DESIGN.md §3); everything ragged was resolved on the host.
 """
 from __future__ import annotations
 
