@@ -42,7 +42,8 @@ def code_fingerprint(*extra_files: str) -> str:
   be. The package's .py files and everything under assets/ (the tokenizer shapes
   the data) count, by path relative to the package and contents, sorted by path;
   caches and editor files do not. A few MB: milliseconds, once per process.
-  `extra_files` adds code outside the package (e.g. a tool script), by its path.
+  `extra_files` adds code outside the package (e.g. a tool script): its file name
+  and contents, so the fingerprint does not depend on where the checkout lives.
   """
   files = [p for p in _PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts
            and (p.suffix == ".py" or p.relative_to(_PACKAGE).parts[0] == "assets")]
@@ -51,7 +52,8 @@ def code_fingerprint(*extra_files: str) -> str:
     digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
     digest.update(path.read_bytes() + b"\0")
   for name in extra_files:
-    digest.update(str(name).encode() + b"\0" + pathlib.Path(name).read_bytes() + b"\0")
+    path = pathlib.Path(name)
+    digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
   return digest.hexdigest()
 
 
