@@ -17,6 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bliperax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config with an `eval` section (e.g. "
     "experiments/digits/sft.py:root=DIR).", lock_config=False)
@@ -96,4 +98,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)  # exits with main's return value
+  cli.run(main)  # exits with main's return value

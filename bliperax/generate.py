@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags, logging
 
+from bliperax import cli
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir (latest step), a "
                                   "step folder, or a parameter checkpoint.")
 _IMAGES = flags.DEFINE_multi_string("image", [], "Image file; repeat for several images.")
@@ -98,4 +100,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run(main)

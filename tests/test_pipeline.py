@@ -175,7 +175,6 @@ def test_image_cap_caps_documents_and_skips_chats():
 
 
 def _prepare(to_sample=None, anyres=True):
-  from bliperax.data import packing  # pylint: disable=g-import-not-at-top
   return pipeline.PrepareSample(0, anyres, presets.tiny(), batch_spec.Limits(200, 10, 10),
                                 render_lib.RenderOptions(), to_sample=to_sample)
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 
 from absl import app
+
+from bliperax import cli
 from absl import flags
 import ml_collections
 
@@ -119,4 +121,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,6 +20,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from bliperax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, as for "
                                           "python -m bliperax.train.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
@@ -80,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -67,6 +67,8 @@ import sys
 import time
 
 from absl import app
+
+from bliperax import cli
 from absl import flags
 
 from bliperax.data import records
@@ -157,4 +159,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(lambda argv: sys.exit(main(argv)))

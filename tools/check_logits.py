@@ -17,7 +17,9 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags  # noqa: E402
+from absl import flags # noqa: E402
+
+from bliperax import cli
 
 _HF = flags.DEFINE_string("hf_checkpoint", None, "HF xGen-MM checkpoint directory "
                           "(config.json + model.safetensors or shards with index).")
@@ -52,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(lambda argv: sys.exit(main(argv)))

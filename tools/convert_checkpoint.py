@@ -30,7 +30,9 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging # noqa: E402
+
+from bliperax import cli
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -189,4 +191,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,10 +17,11 @@ import sys
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from bliperax import cli
 import numpy as np
 from PIL import Image
 
-from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
 from bliperax.data import pipeline
 from bliperax.train import trainer
@@ -149,4 +150,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

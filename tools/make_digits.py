@@ -5,9 +5,10 @@ r"""Writes the digits dataset (bliperax/data/digits.py) as ArrayRecord shard set
 Uses scikit-learn's bundled digits (no download). Prints the summary as JSON.
 """
 import json
-import sys
 
 from absl import app, flags
+
+from bliperax import cli
 
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for train/ and heldout/ shard sets.")
 _NUM_SUM = flags.DEFINE_integer("num_sum", 6000, "Training samples of the sum task.")
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -27,7 +27,9 @@ from typing import Dict, List, Tuple, Union
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags # noqa: E402
+
+from bliperax import cli
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
@@ -170,4 +172,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

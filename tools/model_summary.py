@@ -11,7 +11,9 @@ import re
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags  # noqa: E402
+from absl import flags # noqa: E402
+
+from bliperax import cli
 import numpy as np  # noqa: E402
 
 from bliperax.convert import layout  # noqa: E402
@@ -47,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bliperax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (get_config(arg)); `file.py:arg` passes arg; "
     "override fields with --config.a.b=value.", lock_config=True)
@@ -27,12 +29,12 @@ def main(argv):
   from bliperax.train import trainer  # after flags: keeps --help fast
   try:
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
-  except run_record.RunMismatch as e:
-    # A refusal, not a crash: the message says what differs and how to start fresh.
+  except (run_record.RunMismatch, trainer.InvalidRun) as e:
+    # A refusal, not a crash: the message says what is wrong and what to do.
     sys.exit(f"bliperax.train: {e}")
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,7 @@ import logging
 import pathlib
 import re
 import signal
+import tempfile
 import time
 from typing import Any, Dict, Optional
 
@@ -140,14 +141,52 @@ def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
   return state.replace(params=layout.unflatten(placed))
 
 
+class InvalidRun(ValueError):
+  """A config or workdir the trainer refuses before creating anything."""
+
+
+_POSITIVE = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+             "train.global_batch", "train.seq_len", "train.accum_steps")
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises InvalidRun on values no run can use (counts below 1, indivisible batches)."""
+  for path in _POSITIVE:
+    value = cfg
+    for key in path.split("."):
+      value = value.get(key) if value is not None else None
+    if value is not None and int(value) < 1:
+      raise InvalidRun(f"config {path} = {value}: must be at least 1")
+  accum = cfg.train.get("accum_steps", 1)
+  if cfg.train.global_batch % accum:
+    raise InvalidRun(f"config train.global_batch = {cfg.train.global_batch} is not "
+                     f"divisible by train.accum_steps = {accum}")
+
+
+def prepare_workdir(workdir: pathlib.Path) -> None:
+  """Creates the workdir (parents too) and proves it writable, or raises InvalidRun."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check."):
+      pass
+  except OSError as e:
+    raise InvalidRun(f"workdir {workdir} is not writable: "
+                     f"{e.strerror or e} ({type(e).__name__})") from e
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains for cfg.total_steps (resuming from workdir); returns the last metrics."""
+  """Trains for cfg.total_steps (resuming from workdir); returns the last metrics.
+
+  Raises InvalidRun (config values, an unwritable workdir) and run_record.RunMismatch
+  (the workdir holds another run) before anything is created or compiled.
+  """
+  check_config(cfg)
   workdir_path = pathlib.Path(workdir)
+  prepare_workdir(workdir_path)
   # Resume only the run this workdir was made with (same config and code); where it
   # runs (mesh, processes) may change: checkpoints reshard on restore.
   run_record.check_or_write(workdir_path, run_record.make(cfg), "training run",
                             ignore=("config.mesh", "config.distributed"))
-  workdir_path.mkdir(parents=True, exist_ok=True)
   dist = cfg.get("distributed", ml_collections.ConfigDict())
   sharding.maybe_initialize_distributed(dist.get("coordinator") or None,
                                         dist.get("num_processes"), dist.get("process_id"))

@@ -1,0 +1,109 @@
+"""What every command-line entry point shares: flag parsing whose errors are one line.
+
+`run(main)` is `absl.app.run(main)` with a flag parser that turns the mistakes a user
+makes on the command line into one line on stderr and exit status 2, instead of a
+traceback: an unknown `--config.a.b=...` key (naming the nearest valid keys), a value
+of the wrong type, a config file that does not load, a flag out of its bounds.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import sys
+from typing import Callable, List, Optional, Sequence
+
+from absl import app, flags
+
+USAGE_ERROR = 2  # the exit status of a refused command line (as absl's own)
+
+
+def fail(message: str, status: int = USAGE_ERROR) -> None:
+  """Prints `error: message` on stderr and exits with `status`."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _config_flag_names() -> List[str]:
+  """Names of the ml_collections config flags defined by this program."""
+  return [name for name, flag in flags.FLAGS._flags().items()  # pylint: disable=protected-access
+          if type(flag).__module__.startswith("ml_collections.config_flags")
+          and "." not in name]
+
+
+def _load_config(spec: str):
+  """`file.py[:arg]` -> the ConfigDict of its get_config (as config_flags loads it)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_bliperax_cli_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def dotted_keys(config, prefix: str = "") -> List[str]:
+  """Every field of a ConfigDict as a dotted path, sub-dicts included."""
+  out = []
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    out.append(path)
+    if hasattr(value, "items") and hasattr(value, "to_dict"):
+      out.extend(dotted_keys(value, path + "."))
+  return out
+
+
+def unknown_key_message(key: str, valid: Sequence[str], config_name: str) -> str:
+  """'unknown config key ...; nearest valid keys: ...' (close spellings, else siblings)."""
+  near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+  if not near:
+    parent = key.rpartition(".")[0]
+    near = [k for k in valid if k.rpartition(".")[0] == parent][:6]
+  hint = f"; nearest valid keys: {', '.join(config_name + '.' + k for k in near)}" if near else ""
+  return f"unknown config key --{config_name}.{key}{hint}"
+
+
+def _explain_override_error(argv: Sequence[str]) -> Optional[str]:
+  """The unknown `--config.key` in argv, with its nearest valid keys, if there is one."""
+  for name in _config_flag_names():
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+    if spec is None:
+      continue
+    try:
+      valid = dotted_keys(_load_config(spec))
+    except Exception:  # pylint: disable=broad-except  (reported by the caller's message)
+      continue
+    for a in argv:
+      if a.startswith(f"--{name}."):
+        key = a[len(name) + 3:].split("=", 1)[0]
+        if key not in valid:
+          return unknown_key_message(key, valid, name)
+  return None
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl's parsing, with one-line errors (see the module docstring)."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:  # wrong type, out of bounds, unknown flag, missing required
+    fail(_one_line(str(e)))
+  except (AttributeError, KeyError) as e:  # config_flags on an unknown override key
+    fail(_explain_override_error(argv) or f"bad config override: {e}")
+  for name in _config_flag_names():
+    try:  # a config file that failed to load raises on first use: make that now
+      getattr(flags.FLAGS[name].value, "keys", None)
+    except (OSError, ImportError, SyntaxError, AttributeError, TypeError, ValueError) as e:
+      fail(f"--{name}: cannot load the config: {_one_line(str(e))}")
+  return rest
+
+
+def _one_line(message: str) -> str:
+  """A message that embeds a traceback -> its first line and the exception's line."""
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  if len(lines) <= 1:
+    return message.strip()
+  if any(l.startswith("Traceback") for l in lines):
+    return f"{lines[0]} {lines[-1]}"
+  return " ".join(lines)
+
+
+def run(main: Callable[[List[str]], Optional[int]]) -> None:
+  """absl.app.run(main) with `parse_flags`; main's return value is the exit status."""
+  app.run(main, flags_parser=parse_flags)
