@@ -46,7 +46,8 @@ def _table(results: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from bliperax.data import text as text_lib  # after flags: keeps --help fast
+  from bliperax.data import chat as chat_lib  # after flags: keeps --help fast
+  from bliperax.data import tokenizer as tokenizer_lib
   from bliperax.infer import checkpoints
   from bliperax.infer import evaluate as eval_lib
 
@@ -61,8 +62,8 @@ def main(argv):
     return 2
   tasks = _TASKS.value or [t for t in cfg.eval.tasks.split(",") if t]
   anyres_tasks = set(filter(None, cfg.eval.get("anyres", "").split(",")))
-  tokenizer = text_lib.Tokenizer(cfg.data.get("tokenizer") or None)
-  system = cfg.data.get("system", text_lib.SYSTEM_PROMPT)
+  tokenizer = tokenizer_lib.Tokenizer(cfg.data.get("tokenizer") or None)
+  system = cfg.data.get("system", chat_lib.SYSTEM_PROMPT)
   results = {}
   for task in tasks:
     folder = pathlib.Path(cfg.eval.root) / task

@@ -47,7 +47,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # after flags: keeps --help fast
   from bliperax.data import batch as batch_lib
-  from bliperax.data import text as text_lib
+  from bliperax.data import tokenizer as tokenizer_lib
   from bliperax.infer import checkpoints
   from bliperax.infer import evaluate as eval_lib
   from bliperax.infer import generate as generate_lib
@@ -60,9 +60,9 @@ def main(argv):
     except OSError as e:
       return _fail(f"cannot read --image {path}: {e}")
   prompt = _PROMPT.value
-  if text_lib.IMAGE_TOKEN not in prompt:
-    prompt = f"{text_lib.IMAGE_TOKEN}\n" * len(images) + prompt
-  tokenizer = text_lib.Tokenizer()
+  if tokenizer_lib.IMAGE_TOKEN not in prompt:
+    prompt = f"{tokenizer_lib.IMAGE_TOKEN}\n" * len(images) + prompt
+  tokenizer = tokenizer_lib.Tokenizer()
   try:
     params, model_cfg = checkpoints.load(_CHECKPOINT.value)
   except (checkpoints.CheckpointNotFound, ValueError) as e:

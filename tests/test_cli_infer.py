@@ -11,7 +11,7 @@ import pytest
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
 from bliperax.data import digits
-from bliperax.data import text as text_lib
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.infer import checkpoints
 from bliperax.infer import evaluate as eval_lib
 from bliperax.infer import generate as generate_lib
@@ -69,7 +69,7 @@ def test_load_accepts_workdir_step_and_params(trained):
 def test_kv_cache_generate_equals_full_recomputation(trained, images):
   """Greedy decoding with the cache = argmax of a full forward after every token."""
   _, params, cfg = trained
-  tokenizer = text_lib.Tokenizer()
+  tokenizer = tokenizer_lib.Tokenizer()
   from PIL import Image
   examples = [
       eval_lib.prompt_example("<image>\nRead the number.", [Image.open(images["wide"])],
@@ -170,7 +170,7 @@ def test_generate_cli_refuses_bad_max_new_tokens(trained):
 
 def test_generate_checks_max_new_tokens_before_allocating(trained):
   _, params, cfg = trained
-  tokenizer = text_lib.Tokenizer()
+  tokenizer = tokenizer_lib.Tokenizer()
   example = eval_lib.prompt_example("What is 2+2?", [], cfg, tokenizer, anyres=False)
   prompt = batch_lib.collate([example], cfg, tokenizer.pad_id, side="left")
   for bad in (0, -1, cfg.text.max_positions):
@@ -184,7 +184,7 @@ def test_generate_checks_max_new_tokens_before_allocating(trained):
 def test_evaluate_text_only_and_mixed_questions(trained, images):
   """Text-only questions evaluate alone and batched with image questions."""
   _, params, cfg = trained
-  tokenizer = text_lib.Tokenizer()
+  tokenizer = tokenizer_lib.Tokenizer()
   with open(images["digits"][0], "rb") as f:
     png = f.read()
   text_q = eval_lib.Question("t0", (), "What is 2+2?", "4")
@@ -204,4 +204,4 @@ def test_evaluate_names_the_question_with_an_undecodable_image(trained, images):
     broken = f.read()
   bad = eval_lib.Question("heldout-17", (broken,), "<image>\nWhat digit is this?", "3")
   with pytest.raises(ValueError, match="question 'heldout-17': undecodable image"):
-    eval_lib.evaluate_task(params, cfg, [bad], text_lib.Tokenizer(), anyres=False)
+    eval_lib.evaluate_task(params, cfg, [bad], tokenizer_lib.Tokenizer(), anyres=False)

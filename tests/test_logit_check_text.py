@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from bliperax.convert.safetensors_io import CheckpointReader  # noqa: E402
-from bliperax.data import text as text_lib  # noqa: E402
+from bliperax.data import tokenizer as tokenizer_lib  # noqa: E402
+from bliperax.infer import golden_inputs  # noqa: E402
 from bliperax.infer import logit_check  # noqa: E402
 
 BASE_VOCAB = 32012  # the reference's head keeps these columns, then adds its own 3
@@ -65,10 +66,10 @@ def _reference_lm(golden_dir):
 
 def _expected(golden_dir, meta):
   """expected.npz arrays for `meta`'s samples, by the reference's rules (golden README)."""
-  tok = text_lib.Tokenizer.reference()
+  tok = tokenizer_lib.Tokenizer.reference()
   forward = _reference_lm(golden_dir)
-  train = [text_lib.golden_sample_ids(s, tok, meta["system_prompt"]) for s in meta["samples"]]
-  prompts = [text_lib.golden_sample_ids(s, tok, meta["system_prompt"], with_answer=False)[0]
+  train = [golden_inputs.golden_sample_ids(s, tok, meta["system_prompt"]) for s in meta["samples"]]
+  prompts = [golden_inputs.golden_sample_ids(s, tok, meta["system_prompt"], with_answer=False)[0]
              for s in meta["samples"]]
   b, t = len(train), max(len(ids) for ids, _ in train)
   tp = max(len(p) for p in prompts)

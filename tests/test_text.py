@@ -1,10 +1,14 @@
-"""Tests for bliperax.data.text: tokenizer, chat template, loss spans, padding."""
+"""Tests for bliperax.data.tokenizer, bliperax.data.chat (chat template, loss spans)
+and bliperax.infer.golden_inputs (the fixture's construction, padding)."""
 import json
 
 import numpy as np
 import pytest
 
-from bliperax.data import text
+from bliperax.data import batch_spec
+from bliperax.data import chat as chat_lib
+from bliperax.data import tokenizer as tokenizer_lib
+from bliperax.infer import golden_inputs
 
 # Ids of the reference tokenizer (slow LlamaTokenizer, legacy=False, no BOS,
 # transformers 4.41.2, VLM tokens added as additional special tokens), run on
@@ -44,12 +48,12 @@ PLAIN_STRINGS = [
 
 @pytest.fixture(scope="module")
 def ref_tok():
-  return text.Tokenizer.reference()
+  return tokenizer_lib.Tokenizer.reference()
 
 
 @pytest.fixture(scope="module")
 def tok():
-  return text.Tokenizer()
+  return tokenizer_lib.Tokenizer()
 
 
 def _golden(golden_dir):
@@ -62,10 +66,10 @@ def _golden(golden_dir):
 
 def test_golden_training_batch(golden_dir, ref_tok):
   meta, expected = _golden(golden_dir)
-  rows = [text.golden_sample_ids(s, ref_tok, meta["system_prompt"])
+  rows = [golden_inputs.golden_sample_ids(s, ref_tok, meta["system_prompt"])
           for s in meta["samples"]]
-  ids, mask, labels = text.pad_batch([r[0] for r in rows], [r[1] for r in rows],
-                                     ref_tok.pad_id, side="right")
+  ids, mask, labels = golden_inputs.pad_batch([r[0] for r in rows], [r[1] for r in rows],
+                                              ref_tok.pad_id, side="right")
   np.testing.assert_array_equal(ids, expected["input_ids"])
   np.testing.assert_array_equal(mask, expected["attention_mask"])
   np.testing.assert_array_equal(labels, expected["labels"])
@@ -73,11 +77,11 @@ def test_golden_training_batch(golden_dir, ref_tok):
 
 def test_golden_prompt_batch(golden_dir, ref_tok):
   meta, expected = _golden(golden_dir)
-  rows = [text.golden_sample_ids(s, ref_tok, meta["system_prompt"],
-                                 with_answer=False)
+  rows = [golden_inputs.golden_sample_ids(s, ref_tok, meta["system_prompt"],
+                                          with_answer=False)
           for s in meta["samples"]]
-  ids, mask, _ = text.pad_batch([r[0] for r in rows], None, ref_tok.pad_id,
-                                side="left")
+  ids, mask, _ = golden_inputs.pad_batch([r[0] for r in rows], None, ref_tok.pad_id,
+                                         side="left")
   np.testing.assert_array_equal(ids, expected["prompt_ids"])
   np.testing.assert_array_equal(mask, expected["prompt_attention_mask"])
 
@@ -92,7 +96,7 @@ def test_golden_special_ids(golden_dir, tok):
 def test_render_fewshot_is_the_golden_construction(golden_dir, ref_tok):
   meta, expected = _golden(golden_dir)
   sample = meta["samples"][1]
-  rendered = text.render_fewshot(sample["text"], ref_tok, sample["answer"])
+  rendered = golden_inputs.render_fewshot(sample["text"], ref_tok, sample["answer"])
   n = len(rendered.ids)
   np.testing.assert_array_equal(rendered.ids, expected["input_ids"][1, :n])
   np.testing.assert_array_equal(rendered.labels(), expected["labels"][1, :n])
@@ -103,17 +107,17 @@ def test_render_chat_differs_from_golden_chat_in_first_answer_id(
   """The fixture tokenized the answer alone (`▁A`); a whole chat gives `A`."""
   meta, expected = _golden(golden_dir)
   sample = meta["samples"][0]
-  rendered = text.render_chat([sample["user"], sample["answer"]], ref_tok,
-                              system=meta["system_prompt"])
+  rendered = chat_lib.render_chat([sample["user"], sample["answer"]], ref_tok,
+                                  system=meta["system_prompt"])
   golden_ids = expected["input_ids"][0]
   assert len(rendered.ids) == len(golden_ids)
   differs = np.flatnonzero(rendered.ids != golden_ids)
-  first_answer = int(np.argmax(expected["labels"][0] != text.IGNORE_INDEX))
+  first_answer = int(np.argmax(expected["labels"][0] != batch_spec.IGNORE))
   assert differs.tolist() == [first_answer]
   assert golden_ids[first_answer] == ref_tok.token_id("\u2581A")
   assert rendered.ids[first_answer] == ref_tok.token_id("A")
   np.testing.assert_array_equal(rendered.loss_mask,
-                                expected["labels"][0] != text.IGNORE_INDEX)
+                                expected["labels"][0] != batch_spec.IGNORE)
 
 
 # --- tokenizer ------------------------------------------------------------------
@@ -237,7 +241,7 @@ def test_chat_loss_covers_answers_and_end(tok):
            "A dog on a skateboard.",
            "And its colour?",
            "Brown, with a white patch \U0001F415.\nIt looks happy."]
-  rendered = text.render_chat(turns, tok)
+  rendered = chat_lib.render_chat(turns, tok)
   assert rendered.ids.dtype == np.int32 and rendered.loss_mask.dtype == bool
   runs = _loss_runs(rendered)
   assert [tok.decode(r) for r in runs] == [
@@ -247,47 +251,47 @@ def test_chat_loss_covers_answers_and_end(tok):
   labels = rendered.labels()
   np.testing.assert_array_equal(labels[rendered.loss_mask],
                                 rendered.ids[rendered.loss_mask])
-  assert (labels[~rendered.loss_mask] == text.IGNORE_INDEX).all()
+  assert (labels[~rendered.loss_mask] == batch_spec.IGNORE).all()
 
 
 def test_chat_ids_are_those_of_the_whole_string(tok):
   turns = ["Hi", "Hello! How can I help?", "What is 2+2?", " 4"]
-  rendered = text.render_chat(turns, tok)
-  joined = "".join(t for t, _ in text.chat_parts(turns))
+  rendered = chat_lib.render_chat(turns, tok)
+  joined = "".join(t for t, _ in chat_lib.chat_parts(turns))
   assert rendered.ids.tolist() == tok.encode(joined)
 
 
 def test_generation_prompt_is_a_prefix_of_the_training_ids(tok):
   turns = ["<image>\nDescribe this image.", "A red car."]
-  full = text.render_chat(turns, tok)
-  prompt = text.render_chat(turns[:1], tok)
+  full = chat_lib.render_chat(turns, tok)
+  prompt = chat_lib.render_chat(turns[:1], tok)
   assert prompt.ids[-1] == tok.token_id("<|assistant|>")
   assert not prompt.loss_mask.any()
   np.testing.assert_array_equal(full.ids[:len(prompt.ids)], prompt.ids)
 
 
 def test_chat_without_system(tok):
-  rendered = text.render_chat(["Q?", "A."], tok, system=None)
+  rendered = chat_lib.render_chat(["Q?", "A."], tok, system=None)
   assert rendered.ids[:2].tolist() == [29871, tok.token_id("<|user|>")]
   assert tok.decode(_loss_runs(rendered)[0]) == "A.<|end|>"
 
 
 def test_answer_with_vlm_token_gets_no_loss_on_it(tok):
-  rendered = text.render_chat(["Q", "see <image> here"], tok)
+  rendered = chat_lib.render_chat(["Q", "see <image> here"], tok)
   image_at = rendered.ids == tok.image_id
   assert image_at.sum() == 1 and not rendered.loss_mask[image_at].any()
 
 
 def test_render_pretrain_masks_vlm_tokens_and_pad(tok):
   sample = "<image>A cat on a mat.<|endofchunk|><image placeholder>x<pad>"
-  rendered = text.render_pretrain(sample, tok)
+  rendered = chat_lib.render_pretrain(sample, tok)
   never = np.isin(rendered.ids, [32011, 32012, 32013, 32014])
   assert never.sum() == 4
   np.testing.assert_array_equal(rendered.loss_mask, ~never)
 
 
 def test_render_fewshot_loss_on_both_parts(tok):
-  rendered = text.render_fewshot("<image>Caption:", tok, " A cat.")
+  rendered = golden_inputs.render_fewshot("<image>Caption:", tok, " A cat.")
   assert rendered.ids.tolist() == (tok.encode("<image>Caption:") +
                                    tok.encode(" A cat."))
   np.testing.assert_array_equal(rendered.loss_mask,
@@ -296,7 +300,7 @@ def test_render_fewshot_loss_on_both_parts(tok):
 
 def test_golden_sample_ids_rejects_unknown_kind(tok):
   with pytest.raises(ValueError):
-    text.golden_sample_ids({"kind": "video"}, tok, text.SYSTEM_PROMPT)
+    golden_inputs.golden_sample_ids({"kind": "video"}, tok, chat_lib.SYSTEM_PROMPT)
 
 
 # --- padding --------------------------------------------------------------------
@@ -305,12 +309,12 @@ def test_golden_sample_ids_rejects_unknown_kind(tok):
 def test_pad_batch_sides_and_length():
   ids = [[5, 6, 7], [8]]
   labels = [[-100, 6, 7], [8]]
-  right = text.pad_batch(ids, labels, 0, side="right", length=4)
+  right = golden_inputs.pad_batch(ids, labels, 0, side="right", length=4)
   np.testing.assert_array_equal(right[0], [[5, 6, 7, 0], [8, 0, 0, 0]])
   np.testing.assert_array_equal(right[1], [[1, 1, 1, 0], [1, 0, 0, 0]])
   np.testing.assert_array_equal(
       right[2], [[-100, 6, 7, -100], [8, -100, -100, -100]])
-  left_ids, left_mask, none = text.pad_batch(ids, None, 0, side="left")
+  left_ids, left_mask, none = golden_inputs.pad_batch(ids, None, 0, side="left")
   np.testing.assert_array_equal(left_ids, [[5, 6, 7], [0, 0, 8]])
   np.testing.assert_array_equal(left_mask, [[1, 1, 1], [0, 0, 1]])
   assert none is None and left_ids.dtype == np.int32
@@ -318,8 +322,8 @@ def test_pad_batch_sides_and_length():
 
 def test_pad_batch_never_truncates():
   with pytest.raises(ValueError):
-    text.pad_batch([[1, 2, 3]], None, 0, length=2)
+    golden_inputs.pad_batch([[1, 2, 3]], None, 0, length=2)
   with pytest.raises(ValueError):
-    text.pad_batch([[1]], None, 0, side="middle")
+    golden_inputs.pad_batch([[1]], None, 0, side="middle")
   with pytest.raises(ValueError):
-    text.pad_batch([[1, 2]], [[1]], 0)
+    golden_inputs.pad_batch([[1, 2]], [[1]], 0)

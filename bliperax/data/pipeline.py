@@ -35,13 +35,14 @@ from PIL import Image
 
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
+from bliperax.data import chat as chat_lib
 from bliperax.data import image as image_lib
 from bliperax.data import mixture
 from bliperax.data import packing
 from bliperax.data import pipeline_stats as stats_lib
 from bliperax.data import render as render_lib
 from bliperax.data import schema
-from bliperax.data import text as text_lib
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.models.config import XGenMMConfig
 
 OUTPUT_KEYS = batch_spec.TRAIN_KEYS
@@ -98,7 +99,7 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
   limits = batch_spec.Limits(length=int(cfg.train.seq_len), crops=max_crops,
                           groups=int(d.get("max_groups", 0)) or max_crops,
                           segments=int(d.get("max_segments", 0)) if d.get("pack", True) else 1)
-  system = d.get("system", text_lib.SYSTEM_PROMPT)
+  system = d.get("system", chat_lib.SYSTEM_PROMPT)
   return PipelineConfig(
       sources=tuple(mixture.specs_from_config(d.sources)),
       batch_size=cfg.train.global_batch // process_count, limits=limits,
@@ -116,9 +117,9 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(path: str, reference_compatible: bool) -> text_lib.Tokenizer:
+def _tokenizer(path: str, reference_compatible: bool) -> tokenizer_lib.Tokenizer:
   # One per process: workers build their own instead of unpickling one.
-  return text_lib.Tokenizer(path or None, reference_compatible=reference_compatible)
+  return tokenizer_lib.Tokenizer(path or None, reference_compatible=reference_compatible)
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -30,8 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
+from bliperax.data import chat as chat_lib
 from bliperax.data import schema
-from bliperax.data import text as text_lib
+from bliperax.data import tokenizer as tokenizer_lib
 
 TOO_MANY_IMAGES = "too_many_images"
 UNSUPPORTED_KIND = "unsupported_kind"
@@ -56,9 +57,9 @@ class RenderOptions:
     text_separator: what joins consecutive texts of a document.
   """
   max_images: int = 4
-  system: str | None = text_lib.SYSTEM_PROMPT
-  caption_template: str = (f"{text_lib.IMAGE_TOKEN}{{text}}{text_lib.ENDOFCHUNK_TOKEN}"
-                           f"{text_lib.ENDOFTEXT_TOKEN}")
+  system: str | None = chat_lib.SYSTEM_PROMPT
+  caption_template: str = (f"{tokenizer_lib.IMAGE_TOKEN}{{text}}{tokenizer_lib.ENDOFCHUNK_TOKEN}"
+                           f"{tokenizer_lib.ENDOFTEXT_TOKEN}")
   text_separator: str = "\n"
 
 
@@ -78,7 +79,7 @@ class Rendered:
   capped: bool = False
 
 
-def _from_text(rendered: text_lib.RenderedText, images: Sequence[bytes],
+def _from_text(rendered: chat_lib.RenderedText, images: Sequence[bytes],
                capped: bool = False) -> Rendered:
   return Rendered(rendered.ids, rendered.labels(), tuple(images), capped)
 
@@ -89,7 +90,7 @@ def _document_text(items: Sequence[str | bytes], separator: str) -> str:
   previous_is_text = False
   for item in items:
     if isinstance(item, bytes):
-      out.append(text_lib.IMAGE_TOKEN)
+      out.append(tokenizer_lib.IMAGE_TOKEN)
       previous_is_text = False
     else:
       if previous_is_text:
@@ -118,25 +119,25 @@ def _check_cap(images: Sequence[bytes], max_images: int) -> None:
     raise SkipSample(TOO_MANY_IMAGES, f"{len(images)} images, the cap is {max_images}")
 
 
-def render(sample: schema.Sample, tokenizer: text_lib.Tokenizer,
+def render(sample: schema.Sample, tokenizer: tokenizer_lib.Tokenizer,
            options: RenderOptions = RenderOptions()) -> Rendered:
   """Token ids, labels and images of one sample (layouts: module docstring).
 
   Raises:
     SkipSample: a chat or preference sample over the image cap.
   """
-  end_of_text = text_lib.ENDOFCHUNK_TOKEN + text_lib.ENDOFTEXT_TOKEN
+  end_of_text = tokenizer_lib.ENDOFCHUNK_TOKEN + tokenizer_lib.ENDOFTEXT_TOKEN
   if isinstance(sample, schema.Caption):
     text = options.caption_template.format(text=sample.text)
-    return _from_text(text_lib.render_pretrain(text, tokenizer), [sample.image])
+    return _from_text(chat_lib.render_pretrain(text, tokenizer), [sample.image])
   if isinstance(sample, schema.Interleaved):
     items, capped = _cap_document(sample.items, options.max_images)
     text = _document_text(items, options.text_separator) + end_of_text
     images = [x for x in items if isinstance(x, bytes)]
-    return _from_text(text_lib.render_pretrain(text, tokenizer), images, capped)
+    return _from_text(chat_lib.render_pretrain(text, tokenizer), images, capped)
   if isinstance(sample, schema.Text):
-    text = sample.text + text_lib.ENDOFTEXT_TOKEN
-    return _from_text(text_lib.render_pretrain(text, tokenizer), [])
+    text = sample.text + tokenizer_lib.ENDOFTEXT_TOKEN
+    return _from_text(chat_lib.render_pretrain(text, tokenizer), [])
   if isinstance(sample, (schema.Chat, schema.Preference)):
     if isinstance(sample, schema.Chat):
       turns = sample.turns
@@ -144,5 +145,5 @@ def render(sample: schema.Sample, tokenizer: text_lib.Tokenizer,
       turns = (sample.prompt, sample.chosen)
     _check_cap(sample.images, options.max_images)
     system = options.system if sample.system is None else sample.system
-    return _from_text(text_lib.render_chat(turns, tokenizer, system=system), sample.images)
+    return _from_text(chat_lib.render_chat(turns, tokenizer, system=system), sample.images)
   raise SkipSample(UNSUPPORTED_KIND, type(sample).__name__)

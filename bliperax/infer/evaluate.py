@@ -17,9 +17,10 @@ import numpy as np
 
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
+from bliperax.data import chat as chat_lib
 from bliperax.data import records
 from bliperax.data import schema
-from bliperax.data import text as text_lib
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.data.pipeline import decode_image
 from bliperax.infer import generate as generate_lib
 from bliperax.models.config import XGenMMConfig
@@ -48,7 +49,7 @@ def questions_from_shards(paths, limit: int = 0) -> list[Question]:
 
 
 def prompt_example(question: str, images: Sequence, model_cfg: XGenMMConfig,
-                   tokenizer: text_lib.Tokenizer, anyres: bool,
+                   tokenizer: tokenizer_lib.Tokenizer, anyres: bool,
                    system: Optional[str] = None) -> batch_lib.Example:
   """A generation prompt with its images expanded into vision slots.
 
@@ -59,16 +60,16 @@ def prompt_example(question: str, images: Sequence, model_cfg: XGenMMConfig,
     ValueError: an image does not decode, or markers and images disagree.
   """
   pil = [decode_image(im) if isinstance(im, bytes) else im.convert("RGB") for im in images]
-  n_markers = question.count(text_lib.IMAGE_TOKEN)
+  n_markers = question.count(tokenizer_lib.IMAGE_TOKEN)
   if n_markers != len(pil):
-    raise ValueError(f"the prompt has {n_markers} {text_lib.IMAGE_TOKEN} marker(s) but "
+    raise ValueError(f"the prompt has {n_markers} {tokenizer_lib.IMAGE_TOKEN} marker(s) but "
                      f"{len(pil)} image(s) were given")
-  rendered = text_lib.render_chat([question], tokenizer, system=system)
+  rendered = chat_lib.render_chat([question], tokenizer, system=system)
   vision = [batch_lib.prepare_image(im, model_cfg, anyres) for im in pil]
   return batch_lib.expand(rendered.ids, None, vision, batch_spec.VisionDims.of(model_cfg))
 
 
-def answer_text(ids: Sequence[int], tokenizer: text_lib.Tokenizer) -> str:
+def answer_text(ids: Sequence[int], tokenizer: tokenizer_lib.Tokenizer) -> str:
   """Generated ids -> text up to the first end token, specials dropped, stripped."""
   out = []
   for t in ids:
@@ -79,7 +80,7 @@ def answer_text(ids: Sequence[int], tokenizer: text_lib.Tokenizer) -> str:
 
 
 def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example],
-           tokenizer: text_lib.Tokenizer, max_new_tokens: int, batch_size: int,
+           tokenizer: tokenizer_lib.Tokenizer, max_new_tokens: int, batch_size: int,
            progress: Optional[Callable[[int], None]] = None) -> list[str]:
   """Greedy answers to prompts, in batches of one static shape (the last one padded)."""
   length = max(len(e.tokens) for e in examples)
@@ -101,7 +102,7 @@ def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example
 
 
 def evaluate_task(params, model_cfg: XGenMMConfig, questions: Sequence[Question],
-                  tokenizer: text_lib.Tokenizer, anyres: bool, max_new_tokens: int = 8,
+                  tokenizer: tokenizer_lib.Tokenizer, anyres: bool, max_new_tokens: int = 8,
                   batch_size: int = 64, system: Optional[str] = None,
                   progress: Optional[Callable[[int], None]] = None) -> dict:
   """Exact-match accuracy of one task; also every prediction (id, answer, prediction)."""

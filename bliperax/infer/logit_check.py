@@ -20,8 +20,9 @@ from bliperax.convert import hf
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
 from bliperax.data import image as image_lib
-from bliperax.data import text as text_lib
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.infer import generate as generate_lib
+from bliperax.infer import golden_inputs
 from bliperax.models import xgenmm
 from bliperax.train import losses
 
@@ -81,7 +82,7 @@ def run(hf_checkpoint: pathlib.Path, golden: pathlib.Path, images: pathlib.Path,
   grids = meta.get("anyres_grids")
   if grids:
     cfg = cfg.replace(anyres_grids=tuple(tuple(g) for g in grids))
-  tok = text_lib.Tokenizer.reference()
+  tok = tokenizer_lib.Tokenizer.reference()
   results: List[StageResult] = []
 
   # --- inputs: pixels and token ids
@@ -100,15 +101,15 @@ def run(hf_checkpoint: pathlib.Path, golden: pathlib.Path, images: pathlib.Path,
   results.append(StageResult("pixels", max((r.worst for r in pixel_errs), default=0.0), False,
                              all(r.ok for r in pixel_errs),
                              "; ".join(f"{r.stage}: {r.note}" for r in pixel_errs if r.note)))
-  train_rows = [text_lib.golden_sample_ids(s, tok, meta["system_prompt"]) for s in
+  train_rows = [golden_inputs.golden_sample_ids(s, tok, meta["system_prompt"]) for s in
                 meta["samples"]]
-  prompt_rows = [text_lib.golden_sample_ids(s, tok, meta["system_prompt"], with_answer=False)
+  prompt_rows = [golden_inputs.golden_sample_ids(s, tok, meta["system_prompt"], with_answer=False)
                  for s in meta["samples"]]
-  ids, mask, labels = text_lib.pad_batch([r[0] for r in train_rows], [r[1] for r in train_rows],
-                                         tok.pad_id, "right")
+  ids, mask, labels = golden_inputs.pad_batch([r[0] for r in train_rows],
+                                              [r[1] for r in train_rows], tok.pad_id, "right")
   results.append(_equal("input_ids", ids, exp["input_ids"]))
   results.append(_equal("labels", labels, exp["labels"]))
-  p_ids, p_mask, _ = text_lib.pad_batch([r[0] for r in prompt_rows], None, tok.pad_id, "left")
+  p_ids, p_mask, _ = golden_inputs.pad_batch([r[0] for r in prompt_rows], None, tok.pad_id, "left")
   results.append(_equal("prompt_ids", p_ids, exp["prompt_ids"]))
 
   # --- forward over the expanded training batch

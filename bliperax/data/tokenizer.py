@@ -1,4 +1,4 @@
-"""Text side of xGen-MM: the Phi-3 tokenizer, the chat template and loss spans.
+"""The Phi-3 SentencePiece tokenizer with the xGen-MM added tokens, and its bundled files.
 
 Runtime dependencies are `sentencepiece` and `numpy` only; `transformers` is
 used by the tests as an oracle, never here.
@@ -33,8 +33,6 @@ import sentencepiece as spm
 ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 DEFAULT_MODEL_PATH = ASSET_DIR / "phi3.model"
 
-IGNORE_INDEX = -100
-
 # Tokens the VLM appends after the 32012 entries of the Phi-3 tokenizer, in
 # id order (bliperax/DESIGN.md §2). They come from the model code,
 # not from the tokenizer files, hence the constants.
@@ -49,11 +47,6 @@ ASSISTANT_TAG = "<|assistant|>"
 END_TAG = "<|end|>"
 ENDOFTEXT_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
-
-SYSTEM_PROMPT = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's "
-    "questions.")
 
 _SPIECE_UNDERLINE = "\u2581"
 
@@ -404,196 +397,3 @@ def _cut(start: int, end: int, cut_points: Sequence[int]
   inner = [p for p in cut_points if start < p < end]
   edges = [start, *inner, end]
   return list(zip(edges[:-1], edges[1:]))
-
-
-# --- rendering ----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RenderedText:
-  """Token ids of one sample and where the loss applies.
-
-  Attributes:
-    ids: int32[T] token ids, no padding.
-    loss_mask: bool[T], True where the token is a training target (labels
-      are not shifted: position t predicts ids[t] from ids[<t]).
-  """
-  ids: np.ndarray
-  loss_mask: np.ndarray
-
-  def labels(self, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """int32[T]: `ids` on the loss, `ignore_index` elsewhere."""
-    return np.where(self.loss_mask, self.ids, ignore_index).astype(np.int32)
-
-
-def _rendered(tokenizer: Tokenizer, ids: Sequence[int],
-              trainable: Sequence[bool]) -> RenderedText:
-  """Packs ids; `<pad>` and VLM tokens never carry loss."""
-  ids = np.asarray(ids, np.int32).reshape(-1)
-  never = np.isin(ids, list(tokenizer.no_loss_ids))
-  loss_mask = np.asarray(trainable, bool).reshape(-1) & ~never
-  return RenderedText(ids=ids, loss_mask=loss_mask)
-
-
-def chat_parts(turns: Sequence[str], system: str | None = SYSTEM_PROMPT
-               ) -> list[tuple[str, bool]]:
-  """The chat template as `(text, is_answer)` parts.
-
-  Layout: `<|system|>\\n{system}<|end|>\\n<|user|>\\n{q}<|end|>\\n
-  <|assistant|>\\n{a}<|end|>\\n…`. The `<|assistant|>\\n` tag belongs to the
-  user part; each answer part is `{a}<|end|>\\n`.
-
-  Args:
-    turns: user, assistant, user, … strings. An odd count ends with a
-      generation prompt (the text stops after `<|assistant|>\\n`).
-    system: the system text, or None for no system turn.
-  """
-  if not turns:
-    raise ValueError("a chat needs at least one user turn")
-  parts = []
-  if system is not None:
-    parts.append((f"{SYSTEM_TAG}\n{system}{END_TAG}\n", False))
-  for i, turn in enumerate(turns):
-    if i % 2 == 0:
-      parts.append((f"{USER_TAG}\n{turn}{END_TAG}\n{ASSISTANT_TAG}\n", False))
-    else:
-      parts.append((f"{turn}{END_TAG}\n", True))
-  return parts
-
-
-def render_chat(turns: Sequence[str], tokenizer: Tokenizer, *,
-                system: str | None = SYSTEM_PROMPT) -> RenderedText:
-  """Tokenizes a conversation; loss on each answer and its `<|end|>`.
-
-  The conversation is tokenized as one string (as the reference's SFT
-  pipeline does), and each id is attributed to the template part that
-  produced it, so the spans come from the real token sequence. Because the
-  part boundaries follow whitespace-swallowing tokens, the ids equal those
-  of the whole string, and a generation prompt (odd `turns`) is an exact
-  prefix of the training ids of the same conversation.
-
-  Note: this differs from the golden fixture's chat sample in one id. The
-  fixture tokenized the answer as a separate string, which gives it a dummy
-  prefix (`▁A`, 319), while the whole conversation gives `A` (29909), as in
-  the reference's training. Use `golden_sample_ids` for the fixture.
-
-  Args:
-    turns: user, assistant, user, … strings (see `chat_parts`).
-    tokenizer: the tokenizer.
-    system: the system text, or None for no system turn.
-  """
-  parts = chat_parts(turns, system)
-  ids, owners = tokenizer.encode_parts([text for text, _ in parts])
-  trainable = [parts[owner][1] for owner in owners]
-  return _rendered(tokenizer, ids, trainable)
-
-
-def render_pretrain(text: str, tokenizer: Tokenizer) -> RenderedText:
-  """Tokenizes interleaved pre-training text; loss on every text token."""
-  ids = tokenizer.encode(text)
-  return _rendered(tokenizer, ids, [True] * len(ids))
-
-
-def render_separately(parts: Sequence[tuple[str, bool]],
-                      tokenizer: Tokenizer) -> RenderedText:
-  """Tokenizes each `(text, trainable)` part as its own string, then joins.
-
-  Each part gets its own dummy prefix, so a part starting with a space gets
-  a lone `▁` (29871) in front; this is how the golden fixture built its
-  samples.
-  """
-  ids, trainable = [], []
-  for text, is_trainable in parts:
-    part_ids = tokenizer.encode(text)
-    ids.extend(part_ids)
-    trainable.extend([is_trainable] * len(part_ids))
-  return _rendered(tokenizer, ids, trainable)
-
-
-def render_fewshot(text: str, tokenizer: Tokenizer,
-                   answer: str | None = None) -> RenderedText:
-  """Base-model few-shot sample: `text` then `answer`, loss on both.
-
-  `text` holds the shots, e.g. `<image>{instruction}{answer}<|endofchunk|>`
-  repeated, then `<image>{instruction}` for the query; `answer` (tokenized as
-  its own string, as in the golden fixture) completes it. Omit `answer` for
-  a generation prompt.
-  """
-  parts = [(text, True)]
-  if answer is not None:
-    parts.append((answer, True))
-  return render_separately(parts, tokenizer)
-
-
-def golden_sample_ids(sample: dict, tokenizer: Tokenizer, system_prompt: str,
-                      with_answer: bool = True
-                      ) -> tuple[np.ndarray, np.ndarray]:
-  """Rebuilds one sample of a golden fixture's `meta.json`.
-
-  Follows the fixture format (bliperax/DESIGN.md §11): the prompt part and the answer part are
-  tokenized as separate strings and concatenated.
-
-  Args:
-    sample: one entry of `meta["samples"]` (kind "chat", "text" or
-      "fewshot").
-    tokenizer: use `Tokenizer.reference()` for bit-exact ids.
-    system_prompt: `meta["system_prompt"]`.
-    with_answer: False gives the generation prompt alone.
-
-  Returns:
-    `(ids, labels)`, int32[T] each; labels are -100 off the loss.
-  """
-  kind = sample["kind"]
-  if kind in ("chat", "text"):
-    prompt = (f"{SYSTEM_TAG}\n{system_prompt}{END_TAG}\n"
-              f"{USER_TAG}\n{sample['user']}{END_TAG}\n{ASSISTANT_TAG}\n")
-    parts = [(prompt, False), (f"{sample['answer']}{END_TAG}\n", True)]
-  elif kind == "fewshot":
-    parts = [(sample["text"], True), (sample["answer"], True)]
-  else:
-    raise ValueError(f"unknown sample kind {kind!r}")
-  rendered = render_separately(parts if with_answer else parts[:1], tokenizer)
-  return rendered.ids, rendered.labels()
-
-
-def pad_batch(ids: Sequence[Sequence[int]],
-              labels: Sequence[Sequence[int]] | None,
-              pad_id: int, side: str = "right", length: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-  """Pads rows to one length.
-
-  Training batches are right-padded; generation prompts left-padded.
-
-  Args:
-    ids: B rows of token ids.
-    labels: B rows of labels matching `ids`, or None.
-    pad_id: the id written into padding (`<pad>`, 32011).
-    side: "right" or "left".
-    length: the padded length; defaults to the longest row. Rows are never
-      truncated (cutting could split an image block): a longer row raises.
-
-  Returns:
-    `(ids, attention_mask, labels)`: int32[B, L], bool[B, L] (True on real
-    tokens) and int32[B, L] with -100 on padding (None without `labels`).
-  """
-  if side not in ("right", "left"):
-    raise ValueError(f"side must be 'right' or 'left', not {side!r}")
-  if labels is not None and len(labels) != len(ids):
-    raise ValueError(f"{len(ids)} id rows but {len(labels)} label rows")
-  longest = max((len(row) for row in ids), default=0)
-  length = longest if length is None else length
-  if longest > length:
-    raise ValueError(f"a row has {longest} tokens, more than {length}")
-  out_ids = np.full((len(ids), length), pad_id, np.int32)
-  mask = np.zeros((len(ids), length), bool)
-  out_labels = None if labels is None else np.full_like(out_ids, IGNORE_INDEX)
-  for b, row in enumerate(ids):
-    n = len(row)
-    cols = slice(0, n) if side == "right" else slice(length - n, length)
-    out_ids[b, cols] = row
-    mask[b, cols] = True
-    if labels is not None:
-      if len(labels[b]) != n:
-        raise ValueError(f"row {b}: {n} ids but {len(labels[b])} labels")
-      out_labels[b, cols] = labels[b]
-  return out_ids, mask, out_labels
