@@ -24,7 +24,7 @@ import tempfile
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 FILENAME = "run_record.json"
-_TMP_PREFIX = ".run_record."  # in-flight writes: not a record, not foreign contents
+_TMP_PREFIX = ".run_record."  # in-flight writes of the record
 _SHOWN = 3  # differing keys named in the message; the rest are counted
 _VALUE_CHARS = 40  # long values (hashes, lists) are cut in the message
 _PACKAGE = pathlib.Path(__file__).resolve().parent
@@ -94,8 +94,10 @@ def check_or_write(directory: os.PathLike, record: Dict[str, Any], what: str,
   fresh = fresh or f"remove {directory} or pass another --workdir"
   new = _normalized(record)
   if not path.exists():
+    # Hidden entries are in-flight temporaries (this module's writes, the trainer's
+    # write check), possibly another process's of the same run: not outputs.
     foreign = sorted(p.name for p in directory.iterdir()
-                     if not p.name.startswith(_TMP_PREFIX)) if directory.is_dir() else []
+                     if not p.name.startswith(".")) if directory.is_dir() else []
     if foreign:
       raise RunMismatch(
           f"{what} in {directory}: the directory holds {', '.join(foreign[:_SHOWN])} but no "

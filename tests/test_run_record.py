@@ -124,7 +124,9 @@ def test_changed_code_fingerprint_raises(tmp_path, monkeypatch):
 
 
 def test_contents_without_a_record_are_refused(tmp_path):
-  (tmp_path / ".run_record.abc.tmp").write_text("{")  # another process's write in flight
+  # Other processes' writes in flight (the record, the trainer's write check).
+  (tmp_path / ".run_record.abc.tmp").write_text("{")
+  (tmp_path / ".write_check.xyz").write_text("")
   assert run_record.check_or_write(tmp_path, run_record.make(_config()), "run") is False
   other = tmp_path / "older"
   (other / "checkpoints").mkdir(parents=True)
