@@ -33,7 +33,7 @@ def test_shards_hold_every_task():
   read = next(records.read_samples(str(run["data"] / "heldout" / "read")))
   assert read.turns[0] == "<image>\nRead the number."
   assert read.turns[1].isdigit() and len(read.turns[1]) in (3, 4)
-  from bliperax.data.pipeline import decode_image
+  from bliperax.data.image import decode_image
   image = decode_image(read.images[0])
   assert image.size == (digits.DIGIT_PX * len(read.turns[1]), digits.DIGIT_PX)
 
@@ -44,7 +44,7 @@ def test_captions_name_the_digit_and_jitter_only_the_copies():
   captions = list(records.read_samples(str(run["data"] / "train" / "caption")))
   assert len(captions) == 2 * len(train.labels)
   by_id = {c.id: c for c in captions}
-  from bliperax.data.pipeline import decode_image
+  from bliperax.data.image import decode_image
   for i in (0, 1, 2):
     label = int(train.labels[i])
     plain, jittered = by_id[f"caption-{i}"], by_id[f"caption-{i}-j1"]

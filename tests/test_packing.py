@@ -9,11 +9,13 @@ import pipeline_helpers as helpers
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
 from bliperax.data import example_shards
+from bliperax.data import image as image_lib
 from bliperax.data import packing
 from bliperax.data import pipeline
 from bliperax.data import pipeline_stats
 from bliperax.data import render as render_lib
 from bliperax.data import schema
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.models import layers, presets, xgenmm
 
 CFG = presets.tiny()
@@ -108,7 +110,7 @@ def _runs(mask):
 
 
 def test_label_spans_cover_exactly_the_assistant_answers(examples):
-  tok = pipeline._tokenizer("", False)  # pylint: disable=protected-access
+  tok = tokenizer_lib.load()
   row = _row(examples)
   caption, chat, text = _segments(row)
   labels = row["labels"]
@@ -128,7 +130,7 @@ def test_label_spans_cover_exactly_the_assistant_answers(examples):
 
 
 def test_fit_never_cuts_inside_an_image_block():
-  image = batch_lib.prepare_image(pipeline.decode_image(IMAGES[0]), CFG, anyres=True)
+  image = batch_lib.prepare_image(image_lib.decode_image(IMAGES[0]), CFG, anyres=True)
   block = image.num_groups * LAT
   ids = [1, 2, 3, 4, batch_lib.IMAGE_ID, 5, 6, 7]
   labels = [1, 2, 3, 4, -100, 5, 6, 7]

@@ -18,6 +18,7 @@ from bliperax.data import records
 from bliperax.data import render as render_lib
 from bliperax.data import schema
 from bliperax.data import tfds_source
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.models import presets
 
 HELPER = pathlib.Path(__file__).with_name("pipeline_helpers.py")
@@ -163,7 +164,7 @@ def test_stats_count_truncation_caps_and_sources(shards):
 
 
 def test_image_cap_caps_documents_and_skips_chats():
-  tok = pipeline._tokenizer("", False)  # pylint: disable=protected-access
+  tok = tokenizer_lib.load()
   images = example_shards.generated_images(6)
   doc = schema.Interleaved(items=tuple(x for im in images for x in (im, "Text.")))
   rendered = render_lib.render(doc, tok, render_lib.RenderOptions(max_images=4))
@@ -194,7 +195,7 @@ def test_tfds_field_mapping_with_a_fake_source():
   assert isinstance(out[1], pipeline_stats.Prepared)  # decoded array re-encoded as PNG
   assert out[2].reason == pipeline_stats.BAD_IMAGE
   assert out[3].reason == pipeline_stats.CORRUPT_RECORD  # no caption at index 0
-  tok = pipeline._tokenizer("", False)  # pylint: disable=protected-access
+  tok = tokenizer_lib.load()
   labelled = out[0].example.labels[out[0].example.labels != -100]
   assert tok.decode(labelled) == "A red bus.<|endoftext|>"  # <|endofchunk|> has no loss
   qa = tfds_source.FieldMapping("chat", {"image": "img", "question": "q", "answer": "a"})

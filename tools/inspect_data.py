@@ -24,6 +24,7 @@ from PIL import Image
 
 from bliperax.data import batch_spec
 from bliperax.data import pipeline
+from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
@@ -131,7 +132,7 @@ def main(argv) -> None:
   model_cfg = trainer.model_config(cfg)
   pc = pipeline.from_config(cfg)
   source = pipeline.GrainSource(pc, model_cfg, keys=None)
-  tokenizer = pipeline._tokenizer(pc.tokenizer, pc.reference_compatible)  # pylint: disable=protected-access
+  tokenizer = tokenizer_lib.load(pc.tokenizer, pc.reference_compatible)
   color = _COLOR.value == "always" or (_COLOR.value == "auto" and sys.stdout.isatty())
   lat = model_cfg.resampler.num_latents
   batches = []

@@ -13,6 +13,7 @@ Pipeline for one image of size (W, H) and base size `base` (384 for SigLIP):
      features into the groups the reference feeds to the Perceiver resampler.
 """
 import dataclasses
+import io
 import math
 import os
 from typing import Sequence, Tuple
@@ -74,6 +75,19 @@ def load_image(path: str | os.PathLike) -> Image.Image:
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     raise ValueError(
         f"cannot decode image file {os.fspath(path)!r}: {e}") from e
+
+
+def decode_image(data: bytes) -> Image.Image:
+  """Encoded bytes -> RGB PIL image, fully decoded (a truncated file fails here).
+
+  Raises:
+    ValueError: the bytes are not a decodable image.
+  """
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return image.convert("RGB")
+  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) on bad bytes.
+    raise ValueError(f"undecodable image ({len(data)} bytes): {type(e).__name__}: {e}") from e
 
 
 def pinpoints(base: int, grids: Sequence[Size] = DEFAULT_GRIDS) -> list[Size]:

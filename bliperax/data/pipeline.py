@@ -24,14 +24,11 @@ image caps, packing efficiency, samples per source.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 from typing import Any, Optional, Sequence
 
 import grain
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
@@ -61,7 +58,7 @@ class PipelineConfig:
     process_index, process_count: this process's slice of every source.
     render: text layout options (image cap, system text, templates).
     tokenizer: SentencePiece model path ("" = bundled); reference_compatible:
-      see `text.Tokenizer`.
+      see `tokenizer.Tokenizer`.
     worker_count: `mp_prefetch` processes (0: everything in this process).
     worker_buffer_size: batches each worker prepares ahead.
     thread_prefetch: batches a background thread of this process fetches ahead
@@ -116,25 +113,6 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
       read_buffer_size=int(d.get("read_buffer_size", 16)))
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str, reference_compatible: bool) -> tokenizer_lib.Tokenizer:
-  # One per process: workers build their own instead of unpickling one.
-  return tokenizer_lib.Tokenizer(path or None, reference_compatible=reference_compatible)
-
-
-def decode_image(data: bytes) -> Image.Image:
-  """Encoded bytes -> RGB PIL image, fully decoded (a truncated file fails here).
-
-  Raises:
-    ValueError: the bytes are not a decodable image.
-  """
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      return image.convert("RGB")
-  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) on bad bytes.
-    raise ValueError(f"undecodable image ({len(data)} bytes): {type(e).__name__}: {e}") from e
-
-
 def max_crops_per_image(model_cfg: XGenMMConfig, anyres: bool) -> int:
   """Crops (= groups) of the largest image: 1 + the largest grid, or 1."""
   return 1 + max(w * h for w, h in model_cfg.anyres_grids) if anyres else 1
@@ -170,7 +148,7 @@ class PrepareSample:
       return self._skip(e.reason, e.message)
     except schema.RecordError as e:
       return self._skip(stats_lib.CORRUPT_RECORD, str(e))
-    tokenizer = _tokenizer(self.tokenizer, self.reference_compatible)
+    tokenizer = tokenizer_lib.load(self.tokenizer, self.reference_compatible)
     try:
       rendered = render_lib.render(sample, tokenizer, self.render)
     except render_lib.SkipSample as e:
@@ -178,7 +156,7 @@ class PrepareSample:
     except ValueError as e:  # e.g. text the tokenizer cannot split at the template's parts
       return self._skip(stats_lib.RENDER_ERROR, f"{sample.id}: {e}")
     try:
-      images = [batch_lib.prepare_image(decode_image(b), self.model_cfg, self.anyres)
+      images = [batch_lib.prepare_image(image_lib.decode_image(b), self.model_cfg, self.anyres)
                 for b in rendered.images]
     except ValueError as e:
       return self._skip(stats_lib.BAD_IMAGE, f"{sample.id}: {e}")
@@ -240,7 +218,7 @@ def build_dataset(pc: PipelineConfig, model_cfg: XGenMMConfig) -> grain.IterData
   read = grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_buffer_size)
   dims = batch_spec.VisionDims.of(model_cfg)
   counters = stats_lib.Counters([s.name for s in pc.sources])
-  pad_id = _tokenizer(pc.tokenizer, pc.reference_compatible).pad_id
+  pad_id = tokenizer_lib.load(pc.tokenizer, pc.reference_compatible).pad_id
   ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, counters)
   # Batch inside the workers: one transfer per batch, not per row.
   ds = ds.batch(pc.batch_size, drop_remainder=True,

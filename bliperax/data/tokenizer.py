@@ -22,6 +22,7 @@ Tokenization rules (bliperax/DESIGN.md §5) that the released models were traine
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import re
@@ -397,3 +398,18 @@ def _cut(start: int, end: int, cut_points: Sequence[int]
   inner = [p for p in cut_points if start < p < end]
   edges = [start, *inner, end]
   return list(zip(edges[:-1], edges[1:]))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, reference_compatible: bool) -> Tokenizer:
+  return Tokenizer(path or None, reference_compatible=reference_compatible)
+
+
+def load(path: str = "", reference_compatible: bool = False) -> Tokenizer:
+  """The tokenizer at `path` ("" = the bundled one), built once per process.
+
+  Repeated calls with the same arguments return the same object. The pipeline
+  calls this in each Grain worker, which builds its own instead of unpickling
+  one.
+  """
+  return _load(path, reference_compatible)

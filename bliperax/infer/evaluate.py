@@ -21,7 +21,7 @@ from bliperax.data import chat as chat_lib
 from bliperax.data import records
 from bliperax.data import schema
 from bliperax.data import tokenizer as tokenizer_lib
-from bliperax.data.pipeline import decode_image
+from bliperax.data.image import decode_image
 from bliperax.infer import generate as generate_lib
 from bliperax.models.config import XGenMMConfig
 
