@@ -17,7 +17,7 @@ Layouts (bliperax/DESIGN.md §5):
 * `Preference`: the chat `[prompt, chosen]` (so a DPO set can double as SFT
   data); the pipeline has no pairwise batch.
 
-`<|endofchunk|>` and `<image>` never carry loss (`text.Tokenizer.no_loss_ids`).
+`<|endofchunk|>` and `<image>` never carry loss (`tokenizer.Tokenizer.no_loss_ids`).
 Images over the per-sample cap (the reference skips training samples with
 more than 4, bliperax/DESIGN.md §7): a document keeps its first `max_images` images and
 all its text (`Rendered.capped`); a chat or preference sample is skipped,
