@@ -491,23 +491,21 @@ def test_restore_onto_a_different_mesh(full_run):
   Uses the trainer's own restore path (abstract state with the new mesh's shardings);
   every array must equal the saved one exactly, and the data position comes back.
   """
-  import flax.linen as nn
-  import jax
   import ml_collections
   from bliperax import sharding
   from bliperax.train import checkpoint as ckpt_lib
-  from bliperax.train import trainer
+  from bliperax.train.setup import TrainSetup
   cfg = ml_collections.ConfigDict(
       json.loads((full_run / "checkpoints" / "config.json").read_text()))
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   mesh = sharding.make_mesh(cfg.mesh)
   assert mesh.devices.size == 1
-  parts = trainer.setup(cfg, mesh)
+  setup = TrainSetup.build(cfg, mesh)
   ckpt = ckpt_lib.Checkpointer(full_run / "checkpoints")
   step = ckpt.latest_step()
   assert step == OVERRIDES["total_steps"]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parts["rules"]):
-    state, data_state = ckpt.restore(step, parts["abstract_state"])
+  with setup.context():
+    state, data_state = ckpt.restore(step, setup.abstract_state)
   ckpt.close()
   assert int(state.step) == step and data_state["index"] == step
   got, want = _flat(state), _load_state(full_run, step)

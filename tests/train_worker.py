@@ -9,7 +9,7 @@ that needs a multi-device mesh and pickles plain results (numpy arrays by
 test_train.py. The argument holds dotted config overrides of experiments/tiny.py.
 
 From one sharded initial state and three synthetic batches it runs the trainer's
-own jitted step (`trainer.setup` + `trainer.jit_step`):
+own jitted step (`TrainSetup`, as the trainer builds it):
   - steps 1-3 on one device, and again on the batches with their rows permuted
     (the round-off reference: only the float32 summation order changes);
   - steps 1-3 on a data=2 x fsdp=2 x tensor=2 mesh;
@@ -21,8 +21,6 @@ accumulation): compile time dominates on 2 CPU cores.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib.util
 import json
 import pathlib
@@ -38,6 +36,7 @@ import numpy as np
 
 from bliperax import sharding
 from bliperax.train import trainer
+from bliperax.train.setup import TrainSetup
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,13 +78,6 @@ def device0_bytes(tree: Any, device) -> int:
              if s.device == device)
 
 
-@contextlib.contextmanager
-def tracing_context(mesh, rules):
-  """What the trainer traces under: the mesh set globally plus the logical-axis rules."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    yield
-
-
 _START = time.time()
 
 
@@ -103,48 +95,43 @@ def main(out_path: str, overrides_json: str) -> None:
 
   mesh8 = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   mesh1 = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=devices[:1])
-  parts8 = trainer.setup(cfg, mesh8)
-  parts1 = trainer.setup(cfg, mesh1)
-  parts8a = trainer.setup(cfg_accum, mesh8)
-  rules = parts8["rules"]
-  out: Dict[str, Any] = {"rules": rules}
+  parts8 = TrainSetup.build(cfg, mesh8)
+  parts1 = TrainSetup.build(cfg, mesh1)
+  parts8a = TrainSetup.build(cfg_accum, mesh8)
+  out: Dict[str, Any] = {"rules": parts8.rules}
 
-  source = trainer.make_source(cfg, parts8["model_cfg"])
+  source = trainer.make_source(cfg, parts8.model_cfg)
   batches = [next(source) for _ in range(3)]
   masked = {**batches[1], "labels": np.full_like(batches[1]["labels"], -100)}
   poisoned = {**batches[1], "crops": batches[1]["crops"].copy()}
   poisoned["crops"][0] = np.nan
 
   # Logical names of every parameter, for checking shardings against the rules.
-  boxed = jax.eval_shape(parts8["init_fn"], jax.random.PRNGKey(cfg.seed))
+  boxed = jax.eval_shape(parts8.init_fn, jax.random.PRNGKey(cfg.seed))
   out["logical_axes"] = {path_str(p): tuple(spec) for p, spec in
                          jax.tree_util.tree_flatten_with_path(
                              nn.get_partition_spec(boxed.params),
                              is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]}
 
-  context = functools.partial(tracing_context, rules=rules)
+  def compile_step(parts):
+    """The trainer's jitted step, compiled for its mesh (lowered from abstract shapes)."""
+    with parts.context():
+      return parts.compile_step(parts.global_batch(batches[0]))
 
-  def compile_step(mesh, parts):
-    """The trainer's jitted step, compiled for `mesh` (lowered from abstract shapes)."""
-    with context(mesh):
-      return trainer.jit_step(parts, mesh, batches[0]).lower(
-          parts["abstract_state"], sharding.global_batch(batches[0], mesh)).compile()
-
-  def run(step_fn, mesh, parts, host_state, batch_list):
+  def run(step_fn, parts, host_state, batch_list):
     """Steps from a host state; returns the host state and metrics after each step."""
     hosts, metrics = [], []
-    with context(mesh):
-      state = jax.device_put(host_state, parts["state_shardings"])
+    with parts.context():
+      state = jax.device_put(host_state, parts.state_shardings)
       for batch in batch_list:
-        state, m = step_fn(state, sharding.global_batch(batch, mesh))
+        state, m = step_fn(state, parts.global_batch(batch))
         hosts.append(jax.device_get(state))
         metrics.append(host_metrics(m))
     return hosts, metrics
 
   # The initial state, created sharded exactly as the trainer does.
-  with context(mesh8):
-    state0 = sharding.sharded_init(parts8["init_fn"], mesh8, rules,
-                                   jax.random.PRNGKey(cfg.seed))
+  with parts8.context():
+    state0 = parts8.init_state(cfg.seed)
   out["param_specs"] = {path_str(p): tuple(x.sharding.spec) for p, x in
                         jax.tree_util.tree_flatten_with_path(state0.params)[0]}
   out["opt_specs"] = {path_str(p): tuple(x.sharding.spec) for p, x in
@@ -157,15 +144,15 @@ def main(out_path: str, overrides_json: str) -> None:
   log("initialised")
 
   # One device: steps 1-3.
-  step1 = compile_step(mesh1, parts1)
-  hosts1, metrics1 = run(step1, mesh1, parts1, host0, batches)
+  step1 = compile_step(parts1)
+  hosts1, metrics1 = run(step1, parts1, host0, batches)
   out["single"] = {"metrics": metrics1, "params": flat(hosts1[-1].params)}
   log("single device")
   # Round-off reference: the same steps on the batches with their rows permuted, a
   # pure change of float32 summation order.
   perm = np.random.default_rng(0).permutation(cfg.train.global_batch)
   permuted = [{k: v[perm] for k, v in b.items()} for b in batches]
-  hosts_p, metrics_p = run(step1, mesh1, parts1, host0, permuted)
+  hosts_p, metrics_p = run(step1, parts1, host0, permuted)
   out["single_permuted"] = {"metrics": metrics_p, "params": flat(hosts_p[-1].params)}
   # The one-step variants of step 2 below all start from this state (lr > 0 there).
   host1 = hosts1[0]
@@ -174,23 +161,22 @@ def main(out_path: str, overrides_json: str) -> None:
   log("permuted")
 
   # Step 2 with two accumulated micro-batches.
-  step_a = compile_step(mesh8, parts8a)
-  hosts_a, metrics_a = run(step_a, mesh8, parts8a, host1, batches[1:2])
+  step_a = compile_step(parts8a)
+  hosts_a, metrics_a = run(step_a, parts8a, host1, batches[1:2])
   out["accum"] = {"metrics": metrics_a[0], "params": flat(hosts_a[0].params)}
   log("accumulation")
 
   # Sharded: steps 1-3 from the initial state, then the one-step variants.
-  step8 = compile_step(mesh8, parts8)
-  hosts8, metrics8 = run(step8, mesh8, parts8, host0, batches)
+  step8 = compile_step(parts8)
+  hosts8, metrics8 = run(step8, parts8, host0, batches)
   out["sharded"] = {"metrics": metrics8, "params": flat(hosts8[-1].params)}
   out["arg_bytes_device0"] = step8.memory_analysis().argument_size_in_bytes
-  out["batch_bytes_device0"] = device0_bytes(sharding.global_batch(batches[0], mesh8),
-                                             devices[0])
+  out["batch_bytes_device0"] = device0_bytes(parts8.global_batch(batches[0]), devices[0])
   log("sharded")
   variants = {"step2": batches[1], "step2_permuted": permuted[1], "masked": masked,
               "poisoned": poisoned}
   for name, batch in variants.items():
-    hosts, metrics = run(step8, mesh8, parts8, host1, [batch])
+    hosts, metrics = run(step8, parts8, host1, [batch])
     out[name] = {"metrics": metrics[0], "params": flat(hosts[0].params)}
     if name == "poisoned":  # a skipped update must leave Adam's state alone too
       out[name]["opt_state"] = flat(hosts[0].opt_state)

@@ -69,25 +69,6 @@ def parse_topology(name: str) -> dict:
               hbm_bytes=_HBM[gen], generation=gen)
 
 
-def abstract_batch(cfg, model_cfg, mesh):
-  """ShapeDtypeStructs of one global batch, sharded over the batch axes."""
-  import jax
-  import numpy as np
-  from bliperax import sharding
-  b, t = cfg.train.global_batch, cfg.train.seq_len
-  n_img = cfg.train.get("images_per_row", 1)
-  s, p, lat = model_cfg.vision.image_size, model_cfg.vision.num_patches, (
-      model_cfg.resampler.num_latents)
-  shapes = dict(tokens=((b, t), np.int32), positions=((b, t), np.int32),
-                segment_ids=((b, t), np.int32), labels=((b, t), np.int32),
-                crops=((b, n_img, s, s, 3), np.float32),
-                group_index=((b, n_img, p), np.int32), group_mask=((b, n_img, p), np.bool_),
-                vision_slots=((b, n_img * lat), np.int32))
-  return {k: jax.ShapeDtypeStruct(shape, dtype,
-                                  sharding=sharding.batch_sharding(mesh, len(shape)))
-          for k, (shape, dtype) in shapes.items()}
-
-
 def main(argv):
   del argv
   cfg = _CONFIG.value
@@ -98,14 +79,13 @@ def main(argv):
     return 2
   try:
     from jax.experimental import topologies
-    import jax
   except ImportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  import flax.linen as nn
   from bliperax import sharding
+  from bliperax.data import batch_spec
   from bliperax.train import flops as flops_lib
-  from bliperax.train import trainer
+  from bliperax.train.setup import TrainSetup, vision_frozen
 
   try:
     topo = topologies.get_topology_desc(
@@ -122,12 +102,13 @@ def main(argv):
         f"({devices[0].device_kind})", flush=True)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   print(f"mesh {dict(mesh.shape)}", flush=True)
-  parts = trainer.setup(cfg, mesh)
-  batch = abstract_batch(cfg, parts["model_cfg"], mesh)
+  setup = TrainSetup.build(cfg, mesh)
+  # Pre-training rows: each image one base crop and one resampler group.
+  n_img = cfg.train.get("images_per_row", 1)
+  batch = setup.abstract_batch(batch_spec.Limits(cfg.train.seq_len, n_img, n_img))
   t0 = time.time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parts["rules"]):
-    lowered = trainer.jit_step(parts, mesh, batch).lower(parts["abstract_state"], batch)
-    compiled = lowered.compile()
+  with setup.context():
+    compiled = setup.compile_step(batch)
   compile_s = time.time() - t0
   mem = compiled.memory_analysis()
   args, temps = mem.argument_size_in_bytes, mem.temp_size_in_bytes
@@ -136,10 +117,9 @@ def main(argv):
   total = args + temps + outs - alias + code  # donated outputs reuse argument buffers
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  n_img = cfg.train.get("images_per_row", 1)
-  model_flops = flops_lib.step_flops(parts["model_cfg"], cfg.train.global_batch,
+  model_flops = flops_lib.step_flops(setup.model_cfg, cfg.train.global_batch,
                                      cfg.train.seq_len, n_img, n_img,
-                                     vision_trainable=not trainer.vision_frozen(cfg))
+                                     vision_trainable=not vision_frozen(cfg))
   chips = len(devices)
   peak = flops_lib.peak_flops(devices[0].device_kind)
   hbm = topo_args["hbm_bytes"]

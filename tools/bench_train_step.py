@@ -35,29 +35,27 @@ def _usage() -> resource.struct_rusage:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from bliperax import sharding  # pylint: disable=g-import-not-at-top
   from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
+  from bliperax.train.setup import TrainSetup  # pylint: disable=g-import-not-at-top
 
   cfg = _CONFIG.value
   steps = _STEPS.value
   if steps < 1:
     raise app.UsageError(f"--steps must be at least 1, got {steps}")
-  mesh = sharding.make_mesh(cfg.mesh)
-  parts = trainer.setup(cfg, mesh)
-  source = trainer.make_source(cfg, parts["model_cfg"])
+  setup = TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  source = trainer.make_source(cfg, setup.model_cfg)
   try:
     batches = [next(source) for _ in range(steps + 1)]
   finally:
     if hasattr(source, "close"):  # Grain: stop its prefetch threads and workers now
       source.close()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parts["rules"]):
-    state = sharding.sharded_init(parts["init_fn"], mesh, parts["rules"],
-                                  jax.random.PRNGKey(cfg.seed))
-    device_batches = [sharding.global_batch(b, mesh) for b in batches]
+  with setup.context():
+    state = setup.init_state(cfg.seed)
+    device_batches = [setup.global_batch(b) for b in batches]
     t0 = time.perf_counter()
-    step = trainer.jit_step(parts, mesh, batches[0]).lower(state, device_batches[0]).compile()
+    step = setup.compile_step(device_batches[0])
     compile_s = time.perf_counter() - t0
     state, _ = step(state, device_batches[0])
     jax.block_until_ready(state)

@@ -17,15 +17,14 @@ import sys
 from absl import app
 from absl import flags
 from ml_collections import config_flags
-
-from bliperax import cli
 import numpy as np
 from PIL import Image
 
+from bliperax import cli
+from bliperax import configs
 from bliperax.data import batch_spec
 from bliperax.data import pipeline
 from bliperax.data import tokenizer as tokenizer_lib
-from bliperax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _NUM = flags.DEFINE_integer("num", 1, "Batches to show.")
@@ -129,7 +128,7 @@ def main(argv) -> None:
   if cfg.data.get("kind") != "grain":
     raise app.UsageError(f"--config has data.kind {cfg.data.get('kind')!r}; this tool shows "
                          "the Grain pipeline (kind 'grain')")
-  model_cfg = trainer.model_config(cfg)
+  model_cfg = configs.model_config(cfg)
   pc = pipeline.from_config(cfg)
   source = pipeline.GrainSource(pc, model_cfg, keys=None)
   tokenizer = tokenizer_lib.load(pc.tokenizer, pc.reference_compatible)

@@ -16,6 +16,7 @@ from typing import Tuple
 
 import ml_collections
 
+from bliperax import configs
 from bliperax.convert import params_io
 from bliperax.models.config import XGenMMConfig
 
@@ -60,8 +61,7 @@ def load(path: str | os.PathLike) -> Tuple[dict, XGenMMConfig]:
     return params, model_cfg
   step_dir = _step_dir(path)
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
-  model_cfg = trainer.model_config(_train_config(step_dir))
+  model_cfg = configs.model_config(_train_config(step_dir))
   # No target tree: Orbax restores what was saved (params and optimizer state);
   # only the params are kept.
   state = ocp.StandardCheckpointer().restore(step_dir / "state")

@@ -6,7 +6,7 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-IGNORE = -100
+from bliperax.data.batch_spec import IGNORE
 
 
 def token_nll(logits: jax.Array, labels: jax.Array) -> Tuple[jax.Array, jax.Array]:

@@ -13,21 +13,16 @@ Tokens past the cap are left out of the loss and counted in `dropped_loss_tokens
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Dict, Tuple
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from bliperax.data import batch_spec
 from bliperax.models.xgenmm import XGenMM
 from bliperax.train import losses
-
-MODEL_KEYS = ("tokens", "positions", "segment_ids", "crops", "group_index", "group_mask",
-              "vision_slots")
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -68,7 +63,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
                ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and scalar metrics."""
   labels = batch["labels"]
-  wanted = jnp.sum(labels[:, 1:] != losses.IGNORE)
+  wanted = jnp.sum(labels[:, 1:] != batch_spec.IGNORE)
   if loss_tokens_per_row:
     count = jnp.sum(losses.loss_positions(labels, loss_tokens_per_row)[2])
   else:
@@ -76,7 +71,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
   denom = jnp.maximum(count, 1).astype(jnp.float32)
 
   def loss_fn(params, micro):
-    inputs = {k: micro[k] for k in MODEL_KEYS}
+    inputs = batch_spec.model_inputs(micro)
     if not loss_tokens_per_row:
       logits = model.apply({"params": params}, **inputs)
       nll, _ = losses.token_nll(logits, micro["labels"])

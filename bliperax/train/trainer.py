@@ -1,4 +1,4 @@
-"""The training loop: mesh -> model -> shapes -> init or restore -> jitted step -> loop.
+"""The training loop: setup (bliperax.train.setup) -> init or restore -> compile -> loop.
 
 Running again on the same workdir resumes from the latest checkpoint (train state and
 data position), so an interrupted run continues exactly. SIGTERM (preemption) saves
@@ -6,49 +6,26 @@ a checkpoint at the current step and returns cleanly.
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import pathlib
-import re
 import signal
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from bliperax import run_record
 from bliperax import sharding
 from bliperax.data.synthetic import SyntheticSource
-from bliperax.models import presets, xgenmm
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
 from bliperax.train import flops as flops_lib
 from bliperax.train import metrics as metrics_lib
-from bliperax.train import optim
-from bliperax.train.step import TrainState, init_state, train_step
-
-
-def model_config(cfg: ml_collections.ConfigDict) -> XGenMMConfig:
-  numerics = dict(cfg.model.get("numerics", {}))
-  return presets.get(cfg.model.preset, **numerics)
-
-
-def rules_from(cfg: ml_collections.ConfigDict) -> sharding.Rules:
-  rules = cfg.get("rules")
-  if not rules:
-    return sharding.DEFAULT_RULES
-  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-               for name, axes in rules)
-
-
-def vision_frozen(cfg: ml_collections.ConfigDict) -> bool:
-  return any(re.search(p, "vision/layers/x") for p in cfg.optim.get("freeze", ()))
+from bliperax.train.setup import TrainSetup, vision_frozen
+from bliperax.train.step import TrainState
 
 
 def make_source(cfg: ml_collections.ConfigDict, model_cfg: XGenMMConfig):
@@ -84,42 +61,6 @@ class _Preemption:
 
   def __exit__(self, *exc):
     signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-
-
-def _dummy_inputs(model_cfg: XGenMMConfig, cfg) -> Dict[str, jax.Array]:
-  return xgenmm.dummy_inputs(model_cfg, batch=1, length=cfg.train.seq_len)
-
-
-def setup(cfg: ml_collections.ConfigDict, mesh) -> Dict[str, Any]:
-  """Builds model, optimizer, abstract state and shardings (nothing allocated)."""
-  model_cfg = model_config(cfg)
-  rules = rules_from(cfg)
-  model = xgenmm.XGenMM(model_cfg, freeze_vision=vision_frozen(cfg))
-  abstract_params = nn.meta.unbox(xgenmm.abstract_params(model_cfg))
-  tx = optim.make(cfg.optim, abstract_params, cfg.total_steps)
-  dummy = _dummy_inputs(model_cfg, cfg)
-  init_fn = functools.partial(init_state, model=model, tx=tx, dummy=dummy)
-  abstract_boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  state_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-  abstract_state = ckpt_lib.abstract_with_shardings(nn.meta.unbox(abstract_boxed),
-                                                    state_shardings)
-  trainable = optim.trainable_mask(abstract_params, cfg.optim.get("freeze", ()))
-  step_fn = functools.partial(
-      train_step, model=model, tx=tx, accum_steps=cfg.train.get("accum_steps", 1),
-      lr_schedule=optim.schedule(cfg.optim, cfg.total_steps), trainable=trainable,
-      loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0))
-  return dict(model_cfg=model_cfg, rules=rules, model=model, tx=tx, init_fn=init_fn,
-              state_shardings=state_shardings, abstract_state=abstract_state,
-              step_fn=step_fn)
-
-
-def jit_step(parts: Dict[str, Any], mesh, batch_example: Dict[str, np.ndarray]):
-  batch_shardings = {k: sharding.batch_sharding(mesh, np.ndim(v))
-                     for k, v in batch_example.items()}
-  return jax.jit(parts["step_fn"],
-                 in_shardings=(parts["state_shardings"], batch_shardings),
-                 out_shardings=(parts["state_shardings"], sharding.replicated(mesh)),
-                 donate_argnums=(0,))
 
 
 def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
@@ -191,46 +132,42 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   sharding.maybe_initialize_distributed(dist.get("coordinator") or None,
                                         dist.get("num_processes"), dist.get("process_id"))
   is_main = jax.process_index() == 0
-  mesh = sharding.make_mesh(cfg.mesh)
-  parts = setup(cfg, mesh)
-  rules = parts["rules"]
+  setup = TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
   ckpt = ckpt_lib.Checkpointer(workdir_path / "checkpoints", keep=cfg.get("keep_checkpoints", 3))
   if is_main:
     (workdir_path / "checkpoints" / "config.json").write_text(cfg.to_json_best_effort(indent=1))
-  source = make_source(cfg, parts["model_cfg"])
+  source = make_source(cfg, setup.model_cfg)
 
   start = ckpt.latest_step()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with setup.context():
     if start is not None:
-      state, data_state = ckpt.restore(start, parts["abstract_state"])
+      state, data_state = ckpt.restore(start, setup.abstract_state)
       source.set_state(data_state)
       logging.info("restored step %d from %s", start, ckpt.directory)
     else:
       start = 0
-      state = sharding.sharded_init(parts["init_fn"], mesh, rules,
-                                    jax.random.PRNGKey(cfg.seed))
+      state = setup.init_state(cfg.seed)
       if cfg.model.get("init_from"):
-        state = _load_init_params(cfg.model.init_from, state, parts["state_shardings"])
+        state = _load_init_params(cfg.model.init_from, state, setup.state_shardings)
   writer = metrics_lib.MetricWriter(workdir_path, enabled=is_main, resume_step=start)
 
-  model_cfg = parts["model_cfg"]
   step_flops = flops_lib.step_flops(
-      model_cfg, cfg.train.global_batch, cfg.train.seq_len, crops_per_row=1,
+      setup.model_cfg, cfg.train.global_batch, cfg.train.seq_len, crops_per_row=1,
       groups_per_row=1, vision_trainable=not vision_frozen(cfg))["total"]
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   step_fn = None
   last: Dict[str, Any] = {}
   window_start, window_wait, window_steps = time.time(), 0.0, 0
-  with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with _Preemption() as preempt, setup.context():
     step = start
     while step < cfg.total_steps:
       t0 = time.time()
       local = next(source)
       window_wait += time.time() - t0
-      batch = sharding.global_batch(local, mesh)
+      batch = setup.global_batch(local)
       if step_fn is None:  # compile once, outside the timed window
         t_compile = time.time()
-        step_fn = jit_step(parts, mesh, local).lower(state, batch).compile()
+        step_fn = setup.compile_step(batch)
         logging.info("compiled the train step in %.1f s", time.time() - t_compile)
         if is_main:
           print(f"compiled the train step in {time.time() - t_compile:.1f} s", flush=True)

@@ -5,8 +5,8 @@ r"""Digits, stage 2: chat fine-tuning on VQA, sums and wide-number reading, then
   python -m bliperax.evaluate --config=experiments/digits/sft.py:root=/tmp/digits \
       --checkpoint=/tmp/digits_run/sft
 
-`init_from` takes a parameter checkpoint; `python -m bliperax.export_params` (or
-tools/main_job.sh) writes one from the pre-training workdir.
+`init_from` takes a parameter checkpoint; tools/main_job.sh writes one from the
+pre-training workdir (`bliperax.infer.checkpoints.export`).
 Knobs: root=DIR, steps=N, batch=B, workers=N.
 
 Unlike the released stages (bliperax/DESIGN.md §9: SigLIP frozen throughout), the ViT keeps
@@ -36,7 +36,7 @@ def get_config(arg=None):
       arg, steps=1200, seq_len=96, loss_tokens_per_row=16, freeze=("^lm/embed/",),
       data_seed=1, max_crops=12, sources=TASKS)
   c.data.system = None
-  root = configs.parse_arg(arg).get("root", configs.DIGITS_ROOT)
+  root = configs.digits_root(arg)
   c.eval = ml_collections.ConfigDict(dict(
       root=f"{root}/heldout", tasks=",".join(TASKS), max_new_tokens=8, batch_size=64,
       anyres=",".join(t for t, (_, a) in TASKS.items() if a)))

@@ -1,0 +1,64 @@
+"""The base training config every experiment starts from (ml_collections).
+
+Experiments (`experiments/**.py`) call `base(preset)` and override fields; `parse_arg`
+reads the `file.py:k=v,k2=v2` knobs that config_flags passes as `get_config(arg)`.
+Every config has top-level total_steps, log_every and checkpoint_every;
+`model_config` turns its `model` section into the model's own config.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import ml_collections
+
+from bliperax.models import presets
+from bliperax.models.config import XGenMMConfig
+
+
+def parse_arg(arg: Optional[str]) -> Dict[str, str]:
+  """'scan=1,accum=2' -> {'scan': '1', 'accum': '2'}."""
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"config knob {item!r} is not of the form key=value")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def base(preset: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.log_every = 10
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = preset
+  c.model.init_from = ""  # a converted parameter checkpoint (tools/convert_checkpoint.py)
+  c.model.numerics = ml_collections.ConfigDict(dict(
+      dtype="float32", param_dtype="float32", scan_layers=False, remat_policy="none"))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.rules = ()  # () = bliperax.sharding.DEFAULT_RULES; else ((logical, mesh axes), ...)
+
+  # bliperax/DESIGN.md §9: AdamW, clip 1.0, cosine with linear warmup; the ViT stays frozen.
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4, warmup_steps=100, final_lr_ratio=0.0, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0, grad_clip=1.0, freeze=("^vision/",)))
+
+  c.train = ml_collections.ConfigDict(dict(
+      global_batch=8, seq_len=256, accum_steps=1, images_per_row=1,
+      # > 0: run the head only at the first K loss positions of each row (train/step.py).
+      loss_tokens_per_row=0))
+  c.data = ml_collections.ConfigDict(dict(kind="synthetic", seed=0))
+  c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=1,
+                                                 process_id=0))
+  return c
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> XGenMMConfig:
+  """The model preset of `cfg.model.preset` with `cfg.model.numerics` applied."""
+  numerics = dict(cfg.model.get("numerics", {}))
+  return presets.get(cfg.model.preset, **numerics)

@@ -1,0 +1,133 @@
+"""The training setup, built once: config -> mesh -> model, optimizer, shapes, shardings -> step.
+
+The trainer, `tools/bench_train_step.py`, `tools/aot_compile.py` and the tests all go
+through `TrainSetup.build` and its methods, so the sequence (mesh, abstract state
+and its shardings, sharded init, global batch, jit with explicit shardings, lower and
+compile) exists once. Nothing is allocated until `init_state` is called.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import re
+from typing import Any, Callable, Dict, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from bliperax import sharding
+from bliperax.configs import model_config
+from bliperax.data import batch_spec
+from bliperax.models import xgenmm
+from bliperax.models.config import XGenMMConfig
+from bliperax.train import checkpoint as ckpt_lib
+from bliperax.train import optim
+from bliperax.train.step import TrainState, init_state, train_step
+
+
+def rules_from(cfg: ml_collections.ConfigDict) -> sharding.Rules:
+  """The config's logical -> mesh axis rules (`cfg.rules`; empty: the defaults)."""
+  rules = cfg.get("rules")
+  if not rules:
+    return sharding.DEFAULT_RULES
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in rules)
+
+
+def vision_frozen(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the optimizer's freeze patterns cover the vision tower."""
+  return any(re.search(p, "vision/layers/x") for p in cfg.optim.get("freeze", ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """Everything the train step needs, for one config on one mesh.
+
+  Attributes:
+    cfg: the experiment config.
+    mesh: the device mesh (axes data / fsdp / tensor).
+    model_cfg: the model's shapes and numerics.
+    rules: logical -> mesh axis rules.
+    model: the VLM module (vision frozen per the optimizer's freeze patterns).
+    tx: the optax optimizer.
+    init_fn: rng -> boxed TrainState (logical axis names on every array).
+    state_shardings: NamedShardings of the TrainState.
+    abstract_state: ShapeDtypeStructs of the TrainState, with their shardings.
+    step_fn: (state, batch) -> (state, metrics), not yet jitted.
+  """
+  cfg: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model_cfg: XGenMMConfig
+  rules: sharding.Rules
+  model: xgenmm.XGenMM
+  tx: optax.GradientTransformation
+  init_fn: Callable[[jax.Array], TrainState]
+  state_shardings: TrainState
+  abstract_state: TrainState
+  step_fn: Callable[..., Any]
+
+  @classmethod
+  def build(cls, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> "TrainSetup":
+    """Model, optimizer, abstract state and shardings (nothing allocated)."""
+    model_cfg = model_config(cfg)
+    rules = rules_from(cfg)
+    model = xgenmm.XGenMM(model_cfg, freeze_vision=vision_frozen(cfg))
+    abstract_params = nn.meta.unbox(xgenmm.abstract_params(model_cfg))
+    tx = optim.make(cfg.optim, abstract_params, cfg.total_steps)
+    dummy = xgenmm.dummy_inputs(model_cfg, batch=1, length=cfg.train.seq_len)
+    init_fn = functools.partial(init_state, model=model, tx=tx, dummy=dummy)
+    abstract_boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+    abstract_state = ckpt_lib.abstract_with_shardings(nn.meta.unbox(abstract_boxed),
+                                                      state_shardings)
+    trainable = optim.trainable_mask(abstract_params, cfg.optim.get("freeze", ()))
+    step_fn = functools.partial(
+        train_step, model=model, tx=tx, accum_steps=cfg.train.get("accum_steps", 1),
+        lr_schedule=optim.schedule(cfg.optim, cfg.total_steps), trainable=trainable,
+        loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0))
+    return cls(cfg=cfg, mesh=mesh, model_cfg=model_cfg, rules=rules, model=model, tx=tx,
+               init_fn=init_fn, state_shardings=state_shardings,
+               abstract_state=abstract_state, step_fn=step_fn)
+
+  @contextlib.contextmanager
+  def context(self) -> Iterator[None]:
+    """What tracing and running the step need: the mesh set and the axis rules."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def init_state(self, seed: int) -> TrainState:
+    """A fresh state created directly in its shardings (call inside `context()`)."""
+    return sharding.sharded_init(self.init_fn, self.mesh, self.rules,
+                                 jax.random.PRNGKey(seed))
+
+  def global_batch(self, local: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over the batch axes."""
+    return sharding.global_batch(local, self.mesh)
+
+  def abstract_batch(self, limits: batch_spec.Limits) -> Dict[str, jax.ShapeDtypeStruct]:
+    """The global training batch of these row limits, sharded, without any data."""
+    return batch_spec.abstract(self.cfg.train.global_batch, limits,
+                               batch_spec.VisionDims.of(self.model_cfg),
+                               batch_spec.TRAIN_KEYS,
+                               functools.partial(sharding.batch_sharding, self.mesh))
+
+  def jit_step(self, batch_example: Mapping[str, Any]):
+    """The step jitted with explicit in/out shardings; the state is donated."""
+    batch_shardings = {k: sharding.batch_sharding(self.mesh, np.ndim(v))
+                       for k, v in batch_example.items()}
+    return jax.jit(self.step_fn,
+                   in_shardings=(self.state_shardings, batch_shardings),
+                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
+
+  def compile_step(self, batch: Mapping[str, Any]):
+    """The step lowered for `batch` (global arrays or ShapeDtypeStructs) and compiled.
+
+    Lowered from the abstract state, so no state needs to exist yet (AOT compiles for
+    devices this host does not have). Call inside `context()`.
+    """
+    return self.jit_step(batch).lower(self.abstract_state, batch).compile()
