@@ -4,17 +4,41 @@
 makes on the command line into one line on stderr and exit status 2, instead of a
 traceback: an unknown `--config.a.b=...` key (naming the nearest valid keys), a value
 of the wrong type, a config file that does not load, a flag out of its bounds.
+
+Importing this module also pins JAX to the CPU on a host without any accelerator
+device (`pin_cpu_where_no_accelerator`), so every entry point imports it before jax.
 """
 from __future__ import annotations
 
 import difflib
+import glob
 import importlib.util
+import os
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, MutableMapping, Optional, Sequence
 
 from absl import app, flags
 
 USAGE_ERROR = 2  # the exit status of a refused command line (as absl's own)
+# Device files of the accelerators JAX runs on: TPU (accel or VFIO), NVIDIA, AMD.
+ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "/dev/kfd")
+
+
+def pin_cpu_where_no_accelerator(environ: MutableMapping[str, str] = os.environ,
+                                 patterns: Sequence[str] = ACCELERATOR_DEVICES) -> None:
+  """Sets JAX_PLATFORMS=cpu where no accelerator device exists and the user set none.
+
+  Why: without JAX_PLATFORMS, JAX initialises every backend plugin it finds, and
+  libtpu installed on a CPU host (the AOT-compile setup) prints its "Failed to find
+  host bounds" warnings at the start of every command. With no TPU, GPU or AMD
+  device file the platform is known to be the CPU, so nothing needs probing. Must
+  run before jax is imported (JAX reads the variable at import).
+  """
+  if "JAX_PLATFORMS" not in environ and not any(glob.glob(p) for p in patterns):
+    environ["JAX_PLATFORMS"] = "cpu"
+
+
+pin_cpu_where_no_accelerator()
 
 
 def fail(message: str, status: int = USAGE_ERROR) -> None:

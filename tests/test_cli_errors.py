@@ -3,12 +3,14 @@
 Each case runs the real entry point in a subprocess, as a user would. None of them
 gets as far as compiling anything, so the whole file takes seconds per case.
 """
+import glob
 import os
 import subprocess
 import sys
 
 import pytest
 
+from bliperax import cli as cli_lib
 from conftest import ROOT
 
 _ENV = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -72,3 +74,42 @@ def test_unwritable_workdir(tmp_path):
     readonly.mkdir(mode=0o555)
     line = _one_error_line(_train(readonly / "run"))
     assert "is not writable" in line
+
+
+def test_jax_is_pinned_to_cpu_only_where_no_accelerator_exists(tmp_path):
+  device = tmp_path / "accel0"
+  env = {}
+  cli_lib.pin_cpu_where_no_accelerator(env, patterns=(str(tmp_path / "accel*"),))
+  assert env == {"JAX_PLATFORMS": "cpu"}  # nothing there: the platform is the CPU
+  device.touch()
+  env = {}
+  cli_lib.pin_cpu_where_no_accelerator(env, patterns=(str(tmp_path / "accel*"),))
+  assert env == {}  # an accelerator: let JAX find it
+  env = {"JAX_PLATFORMS": "tpu"}
+  cli_lib.pin_cpu_where_no_accelerator(env, patterns=())
+  assert env == {"JAX_PLATFORMS": "tpu"}  # the user's choice wins
+
+
+_PROBE = ("import logging; logging.basicConfig(level=logging.INFO); "
+          "from bliperax import cli; import jax; print(jax.devices())")
+
+
+def test_entry_points_do_not_probe_other_backends():
+  """What the CLIs import first keeps JAX from initialising backends it cannot use.
+
+  On a CPU host JAX's probe of the TPU plugin logs "Unable to initialize backend
+  'tpu'" (and, with libtpu installed, libtpu prints its host-bounds warnings). The
+  same probe with JAX_PLATFORMS set to empty (the user's "probe everything") shows
+  that the check can fail.
+  """
+  if any(glob.glob(p) for p in cli_lib.ACCELERATOR_DEVICES):
+    pytest.skip("this host has an accelerator: JAX must probe")
+  env = {k: v for k, v in _ENV.items() if k != "JAX_PLATFORMS"}
+  quiet = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+  assert quiet.returncode == 0 and "CpuDevice" in quiet.stdout, quiet.stderr[-2000:]
+  assert "Unable to initialize backend" not in quiet.stderr, quiet.stderr[-2000:]
+  probing = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT,
+                           env={**env, "JAX_PLATFORMS": ""}, capture_output=True, text=True,
+                           timeout=120, check=False)
+  assert "Unable to initialize backend" in probing.stderr, probing.stderr[-2000:]
