@@ -8,10 +8,13 @@ that needs a multi-device mesh and pickles plain results (numpy arrays by
 '/'-joined path, metric floats, sharding specs as tuples); the assertions live in
 test_train.py. The argument holds dotted config overrides of experiments/tiny.py.
 
-From one sharded initial state and three synthetic batches it runs the trainer's
+From one sharded initial state and the run's synthetic batches it runs the trainer's
 own jitted step (`TrainSetup`, as the trainer builds it):
-  - steps 1-3 on one device, and again on the batches with their rows permuted
-    (the round-off reference: only the float32 summation order changes);
+  - every step of the run (total_steps) on one device, and again on the batches with
+    their rows permuted (the round-off reference: only the float32 summation order
+    changes), keeping the state after step 3 and after the last step; and once
+    more with step 3 losing the loss of half its rows, as a data-parallel shard
+    whose gradient never arrives would (a bug the round-off bound must catch);
   - steps 1-3 on a data=2 x fsdp=2 x tensor=2 mesh;
   - from the one-device state after step 1 (where the learning rate is no longer
     0), one step on that mesh: with 2-step accumulation, and without it on the
@@ -101,7 +104,8 @@ def main(out_path: str, overrides_json: str) -> None:
   out: Dict[str, Any] = {"rules": parts8.rules}
 
   source = trainer.make_source(cfg, parts8.model_cfg)
-  batches = [next(source) for _ in range(3)]
+  batches = [next(source) for _ in range(cfg.total_steps)]
+  assert len(batches) >= 3, "the sharded checks take 3 steps"
   masked = {**batches[1], "labels": np.full_like(batches[1]["labels"], -100)}
   poisoned = {**batches[1], "crops": batches[1]["crops"].copy()}
   poisoned["crops"][0] = np.nan
@@ -143,21 +147,29 @@ def main(out_path: str, overrides_json: str) -> None:
   del state0
   log("initialised")
 
-  # One device: steps 1-3.
+  # One device: every step of the run.
   step1 = compile_step(parts1)
   hosts1, metrics1 = run(step1, parts1, host0, batches)
-  out["single"] = {"metrics": metrics1, "params": flat(hosts1[-1].params)}
+  out["single"] = {"metrics": metrics1[:3], "params": flat(hosts1[2].params)}
+  out["single_all_steps"] = {"metrics": metrics1, "params": flat(hosts1[-1].params)}
   log("single device")
   # Round-off reference: the same steps on the batches with their rows permuted, a
   # pure change of float32 summation order.
   perm = np.random.default_rng(0).permutation(cfg.train.global_batch)
   permuted = [{k: v[perm] for k, v in b.items()} for b in batches]
   hosts_p, metrics_p = run(step1, parts1, host0, permuted)
-  out["single_permuted"] = {"metrics": metrics_p, "params": flat(hosts_p[-1].params)}
+  out["single_permuted"] = {"metrics": metrics_p[:3], "params": flat(hosts_p[2].params)}
+  out["single_permuted_all_steps"] = {"metrics": metrics_p, "params": flat(hosts_p[-1].params)}
+  # The bug: step 3 without half its rows' loss (a lost data-parallel shard).
+  lost = [dict(b) for b in batches]
+  half = np.arange(cfg.train.global_batch)[:, None] < cfg.train.global_batch // 2
+  lost[2]["labels"] = np.where(half, batches[2]["labels"], -100)
+  hosts_l, _ = run(step1, parts1, host0, lost)
+  out["single_lost_shard_all_steps"] = {"params": flat(hosts_l[-1].params)}
   # The one-step variants of step 2 below all start from this state (lr > 0 there).
   host1 = hosts1[0]
   out["step1"] = {"params": flat(host1.params), "opt_state": flat(host1.opt_state)}
-  del hosts1, hosts_p
+  del hosts1, hosts_p, hosts_l
   log("permuted")
 
   # Step 2 with two accumulated micro-batches.
@@ -168,7 +180,7 @@ def main(out_path: str, overrides_json: str) -> None:
 
   # Sharded: steps 1-3 from the initial state, then the one-step variants.
   step8 = compile_step(parts8)
-  hosts8, metrics8 = run(step8, parts8, host0, batches)
+  hosts8, metrics8 = run(step8, parts8, host0, batches[:3])
   out["sharded"] = {"metrics": metrics8, "params": flat(hosts8[-1].params)}
   out["arg_bytes_device0"] = step8.memory_analysis().argument_size_in_bytes
   out["batch_bytes_device0"] = device0_bytes(parts8.global_batch(batches[0]), devices[0])
