@@ -1,7 +1,7 @@
 """What every command-line entry point shares: flag parsing whose errors are one line.
 
 `run(main)` is `absl.app.run(main)` with a flag parser that turns the mistakes a user
-makes on the command line into one line on stderr and exit status 2, instead of a
+makes on the command line into one line on stderr and exit status 1 (as absl), instead of a
 traceback: an unknown `--config.a.b=...` key (naming the nearest valid keys), a value
 of the wrong type, a config file that does not load, a flag out of its bounds.
 
@@ -19,7 +19,7 @@ from typing import Callable, List, MutableMapping, Optional, Sequence
 
 from absl import app, flags
 
-USAGE_ERROR = 2  # the exit status of a refused command line (as absl's own)
+USAGE_ERROR = 1  # the exit status of a refused command line, as absl's own flag errors
 # Device files of the accelerators JAX runs on: TPU (accel or VFIO), NVIDIA, AMD.
 ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "/dev/kfd")
 

@@ -80,7 +80,7 @@ def main(argv):
           max_new_tokens=cfg.eval.get("max_new_tokens", 8),
           batch_size=_BATCH.value or cfg.eval.get("batch_size", 64), system=system,
           progress=lambda n, total=len(questions): print(f"  {n}/{total}", flush=True))
-    except ValueError as e:  # a sample that is not a question, an undecodable image
+    except (ValueError, OSError) as e:  # no shards, not a question, an undecodable image
       print(f"error: task {task!r} ({folder}): {e}", file=sys.stderr)
       return 2
   print(_table(results))

@@ -205,3 +205,23 @@ def test_evaluate_names_the_question_with_an_undecodable_image(trained, images):
   bad = eval_lib.Question("heldout-17", (broken,), "<image>\nWhat digit is this?", "3")
   with pytest.raises(ValueError, match="question 'heldout-17': undecodable image"):
     eval_lib.evaluate_task(params, cfg, [bad], tokenizer_lib.Tokenizer(), anyres=False)
+
+
+def test_evaluate_cli_names_the_sample_with_an_undecodable_image(trained, images, tmp_path):
+  from bliperax.data import records, schema  # pylint: disable=g-import-not-at-top
+  run, _, _ = trained
+  with open(images["broken"], "rb") as f:
+    broken = f.read()
+  with records.ShardSetWriter(tmp_path / "heldout" / "vqa", "vqa", 1) as writer:
+    writer.write(schema.encode(schema.Chat(turns=("<image>\nWhat digit is this?", "3"),
+                                           images=(broken,), id="heldout-vqa-42")))
+    writer.commit()
+  out = _cli("bliperax.evaluate", f"--config=experiments/digits/sft.py:root={tmp_path}",
+             f"--checkpoint={run['sft']}", "--tasks=vqa", f"--output={tmp_path / 'e.json'}")
+  line = _error_line(out)
+  assert "heldout-vqa-42" in line and "undecodable image" in line, line
+  assert not (tmp_path / "e.json").exists()
+  (tmp_path / "heldout" / "sum").mkdir()  # a task folder without shards
+  line = _error_line(_cli("bliperax.evaluate", f"--config=experiments/digits/sft.py:root={tmp_path}",
+                          f"--checkpoint={run['sft']}", "--tasks=sum"))
+  assert "no .array_record shards" in line and "sum" in line, line
