@@ -79,7 +79,8 @@ def digest(record: Dict[str, Any]) -> str:
 
 
 def check_or_write(directory: os.PathLike, record: Dict[str, Any], what: str,
-                   ignore: Iterable[str] = (), fresh: Optional[str] = None) -> bool:
+                   ignore: Iterable[str] = (), fresh: Optional[str] = None,
+                   resumable: bool = True) -> bool:
   """Writes `record` as the directory's record, or checks it against the one there.
 
   Returns True when an equal record was there (the same run: resume it), False when
@@ -87,7 +88,10 @@ def check_or_write(directory: os.PathLike, record: Dict[str, Any], what: str,
   outside the dotted paths in `ignore` (a path covers everything under it), or when
   the directory has contents but no record (made before records were kept, or by
   something else). `what` names the run in the message; `fresh` says how to start
-  over (default: remove the directory or pass another --workdir).
+  over (default: remove the directory or pass another --workdir). With
+  `resumable=False` the caller knows the recorded run left nothing to resume (it
+  stopped before its first checkpoint, e.g. on a config error): a different record
+  is replaced instead of refused, so fixing the config and rerunning just works.
   """
   directory = pathlib.Path(directory).absolute()
   path = directory / FILENAME
@@ -107,6 +111,9 @@ def check_or_write(directory: os.PathLike, record: Dict[str, Any], what: str,
     return False
   old = json.loads(path.read_text())
   differing = _differences(old, new, tuple(ignore))
+  if differing and not resumable:
+    _write_atomically(path, new)
+    return False
   if differing:
     shown = [f"{key} {_show(a)} -> {_show(b)}" for key, a, b in differing[:_SHOWN]]
     more = len(differing) - len(shown)

@@ -38,6 +38,7 @@ def _train(workdir, *overrides):
     ("--config.total_steps=-5", "total_steps = -5: must be at least 1"),
     ("--config.train.global_batch=0", "train.global_batch = 0: must be at least 1"),
     ("--config.train.accum_steps=3", "not divisible by train.accum_steps = 3"),
+    ("--config.data.kind=webdataset", "data.kind = 'webdataset': must be one of"),
 ])
 def test_train_refuses_bad_values_and_creates_nothing(tmp_path, override, expected):
   workdir = tmp_path / "run"

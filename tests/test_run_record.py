@@ -263,3 +263,25 @@ def test_main_job_fresh_removes_only_a_main_job_workdir(tmp_path, main_job):
   assert not main_job._is_main_job_workdir(tmp_path)
   (tmp_path / "stages").mkdir()
   assert main_job._is_main_job_workdir(tmp_path)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_yields_to_a_fixed_config(tmp_path):
+  """Nothing to resume: the rerun with the corrected config trains instead of refusing."""
+  workdir = tmp_path / "run"
+  broken = _trainer(workdir, f"--config.model.init_from={tmp_path / 'no_params'}")
+  assert broken.returncode != 0 and "no_params" in broken.stderr
+  assert (workdir / run_record.FILENAME).exists()  # recorded before it failed
+  fixed = _trainer(workdir)
+  assert fixed.returncode == 0, fixed.stderr[-3000:]
+  recorded = json.loads((workdir / run_record.FILENAME).read_text())
+  assert recorded["config"]["data"]["kind"] == "synthetic"
+
+
+def test_record_yields_only_when_nothing_is_resumable(tmp_path):
+  record = run_record.make({"lr": 1})
+  run_record.check_or_write(tmp_path, record, "run")
+  other = run_record.make({"lr": 2})
+  with pytest.raises(run_record.RunMismatch):
+    run_record.check_or_write(tmp_path, other, "run", resumable=True)
+  assert run_record.check_or_write(tmp_path, other, "run", resumable=False) is False
+  assert run_record.check_or_write(tmp_path, other, "run") is True

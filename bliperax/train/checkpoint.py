@@ -61,6 +61,12 @@ class Checkpointer:
     self.manager.close()
 
 
+def has_checkpoint(directory: os.PathLike) -> bool:
+  """Whether `directory` holds a finished step (Orbax renames `<step>` into place last)."""
+  directory = pathlib.Path(directory)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)

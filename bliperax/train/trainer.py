@@ -28,6 +28,9 @@ from bliperax.train.setup import TrainSetup, vision_frozen
 from bliperax.train.step import TrainState
 
 
+DATA_KINDS = ("synthetic", "grain")
+
+
 def make_source(cfg: ml_collections.ConfigDict, model_cfg: XGenMMConfig):
   """The batch iterator named by cfg.data.kind (pluggable; must have get/set_state)."""
   kind = cfg.data.get("kind", "synthetic")
@@ -98,6 +101,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
       value = value.get(key) if value is not None else None
     if value is not None and int(value) < 1:
       raise InvalidRun(f"config {path} = {value}: must be at least 1")
+  kind = cfg.data.get("kind", "synthetic")
+  if kind not in DATA_KINDS:
+    raise InvalidRun(f"config data.kind = {kind!r}: must be one of {', '.join(DATA_KINDS)}")
   accum = cfg.train.get("accum_steps", 1)
   if cfg.train.global_batch % accum:
     raise InvalidRun(f"config train.global_batch = {cfg.train.global_batch} is not "
@@ -125,9 +131,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   workdir_path = pathlib.Path(workdir)
   prepare_workdir(workdir_path)
   # Resume only the run this workdir was made with (same config and code); where it
-  # runs (mesh, processes) may change: checkpoints reshard on restore.
+  # runs (mesh, processes) may change: checkpoints reshard on restore. A run that
+  # stopped before its first checkpoint left nothing to resume: its record yields.
   run_record.check_or_write(workdir_path, run_record.make(cfg), "training run",
-                            ignore=("config.mesh", "config.distributed"))
+                            ignore=("config.mesh", "config.distributed"),
+                            resumable=ckpt_lib.has_checkpoint(workdir_path / "checkpoints"))
   dist = cfg.get("distributed", ml_collections.ConfigDict())
   sharding.maybe_initialize_distributed(dist.get("coordinator") or None,
                                         dist.get("num_processes"), dist.get("process_id"))
