@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax

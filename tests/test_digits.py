@@ -1,7 +1,6 @@
 """The digits main job: data, a short pre-train -> export -> SFT -> evaluate run, full run."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 

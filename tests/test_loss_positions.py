@@ -13,13 +13,14 @@ import numpy as np
 import optax
 import pytest
 
+from bliperax.data import batch_spec
 from bliperax.data.synthetic import SyntheticSource
 from bliperax.models import presets
 from bliperax.models.xgenmm import XGenMM, init_params
 from bliperax.train import losses
 from bliperax.train.step import TrainState, train_step
 
-IGNORE = losses.IGNORE
+IGNORE = batch_spec.IGNORE
 
 
 def test_loss_positions_picks_the_first_k_loss_tokens_of_each_row():

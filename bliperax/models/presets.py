@@ -1,7 +1,7 @@
 """Named model shapes: the 4B release, its 14B sibling, and tiny shapes for tests."""
 from __future__ import annotations
 
-from bliperax.models.config import (Numerics, ResamplerConfig, TextConfig, VisionConfig,
+from bliperax.models.config import (ResamplerConfig, TextConfig, VisionConfig,
                                     XGenMMConfig)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Sequence, Union
 
 from bliperax.data import schema
 
