@@ -9,7 +9,7 @@ shard sets under `root` (build them with tools/build_shards.py):
 The tiny variant trains the tiny model on small shard sets of every sample kind:
 
   python -m bliperax.data.example_shards --out=/tmp/bliperax_example_shards \
-      --images=../shared/images
+      [--images=DIR_OF_PHOTOS]
   python -m bliperax.train --config=experiments/data_example.py:tiny=1 --workdir=/tmp/tiny_data
   python tools/inspect_data.py --config=experiments/data_example.py:tiny=1 --num=2
 

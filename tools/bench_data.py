@@ -1,9 +1,10 @@
 r"""Host pipeline throughput: samples/s for anyres SFT and caption pre-training samples.
 
-  python tools/bench_data.py [--images=../shared/images] [--batches=6] [--workers=0,2]
+  python tools/bench_data.py [--images=DIR] [--batches=6] [--workers=0,2]
 
 Builds temporary shard sets from the JPEGs of --images (each chat and caption
-holds one of them) and runs the full pipeline (decode, render, crops at the
+holds one of them; default: generated photo-sized JPEGs, smooth noise at COCO-like
+sizes, so decoding costs what a real photo's does) and runs the full pipeline (decode, render, crops at the
 4B model's 384 px base, expand, pack, batch) on them:
 
   sft_anyres   one-image chats, anyres crops (up to 5 per image), T = 4096
@@ -14,6 +15,7 @@ in this process with one read thread: its samples/s is what one worker
 delivers. workers=N uses N mp_prefetch processes; samples_per_s_per_worker
 divides by N. Crops are float32 [C, 384, 384, 3], so batch arrays are large.
 """
+import io
 import json
 import os
 import pathlib
@@ -23,18 +25,19 @@ import tempfile
 import time
 
 from absl import app
-
-from bliperax import cli
 from absl import flags
 import ml_collections
+import numpy as np
+from PIL import Image
+
+from bliperax import cli
 
 from bliperax.data import example_shards
 from bliperax.data import pipeline
 from bliperax.data import schema
 from bliperax.models import presets
 
-_IMAGES = flags.DEFINE_string("images", str(pathlib.Path(__file__).resolve().parents[2] /
-                                            "shared" / "images"), "Folder of JPEGs.")
+_IMAGES = flags.DEFINE_string("images", "", "Folder of JPEGs (default: generated ones).")
 _BATCHES = flags.DEFINE_integer("batches", 6, "Timed batches per run (after one warm-up).")
 _BATCH = flags.DEFINE_integer("batch", 4, "Rows per batch.")
 _WORKERS = flags.DEFINE_list("workers", ["0"], "mp_prefetch worker counts to run.")
@@ -45,6 +48,21 @@ _BENCHES = {  # kind: (seq_len, max_crops, anyres)
     "sft_anyres": (4096, 20, True),
     "caption": (2048, 16, False),
 }
+
+
+def _generated_jpegs(count: int = 6) -> list[bytes]:
+  """Photo-sized JPEGs (COCO-like sizes, one wide): smooth noise, quality 90."""
+  rng = np.random.default_rng(0)
+  sizes = [(640, 480), (500, 375), (640, 427), (480, 640), (1716, 540), (612, 612)]
+  out = []
+  for i in range(count):
+    w, h = sizes[i % len(sizes)]
+    coarse = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((w, h), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    out.append(buffer.getvalue())
+  return out
 
 
 def _jpegs(folder: str) -> list[bytes]:
@@ -108,7 +126,7 @@ def _run(root: str, kind: str, workers: int) -> dict:
 
 def main(argv) -> None:
   del argv
-  images = _jpegs(_IMAGES.value)
+  images = _jpegs(_IMAGES.value) if _IMAGES.value else _generated_jpegs()
   with tempfile.TemporaryDirectory() as root:
     for kind in _KINDS.value:
       if kind not in _BENCHES:

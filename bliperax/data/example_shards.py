@@ -1,7 +1,7 @@
 """Small shard sets of every sample kind, for tests, benchmarks and the example config.
 
   python -m bliperax.data.example_shards --out=/tmp/bliperax_example_shards \
-      [--images=../shared/images] [--num=64] [--corrupt=2]
+      [--images=DIR] [--num=64] [--corrupt=2]
 
 writes `caption`, `chat`, `interleaved` and `text` shard sets under --out (one
 folder each). The texts are made up but deterministic; images are the given
