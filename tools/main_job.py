@@ -31,15 +31,19 @@ from typing import Callable, Dict, Iterable
 
 from absl import app, flags
 
+from bliperax import cli
 from bliperax import run_record
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/digits_run", "Where data, runs and results go.")
 _PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", None, "Pre-training steps "
-                                       "(default: the config's).")
-_SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Fine-tuning steps (default: config's).")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 6000, "Training samples of sum and read.")
-_LIMIT = flags.DEFINE_integer("eval_limit", 0, "Held-out questions per task (0 = all).")
-_SHOW = flags.DEFINE_integer("show", 4, "Held-out answers to print per task.")
+                                       "(default: the config's).", lower_bound=1)
+_SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Fine-tuning steps (default: config's).",
+                                  lower_bound=1)
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 6000, "Training samples of sum and read.",
+                                  lower_bound=1)
+_LIMIT = flags.DEFINE_integer("eval_limit", 0, "Held-out questions per task (0 = all).",
+                              lower_bound=0)
+_SHOW = flags.DEFINE_integer("show", 4, "Held-out answers to print per task.", lower_bound=0)
 _FRESH = flags.DEFINE_bool("fresh", False, "Remove WORKDIR first and start over. Without "
                            "it a rerun resumes the run in WORKDIR (finished stages are "
                            "reused) and stops if code, config or flags differ from it.")
@@ -260,4 +264,4 @@ def _report(work: pathlib.Path, times: Dict, reused: list) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
