@@ -88,6 +88,8 @@ def _explain_override_error(argv: Sequence[str]) -> Optional[str]:
   """The unknown `--config.key` in argv, with its nearest valid keys, if there is one."""
   for name in _config_flag_names():
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+    if spec is None and f"--{name}" in argv[:-1]:  # the `--config FILE` spelling
+      spec = argv[argv.index(f"--{name}") + 1]
     if spec is None:
       continue
     try:

@@ -52,6 +52,9 @@ def test_unknown_config_key_names_the_nearest_valid_ones(tmp_path):
   line = _one_error_line(_train(workdir, "--config.train.seq_lenn=8"))
   assert "unknown config key --config.train.seq_lenn" in line
   assert "config.train.seq_len" in line
+  spaced = _run("-m", "bliperax.train", "--config", "experiments/tiny.py",
+                f"--workdir={workdir}", "--config.train.seq_lenn=8")
+  assert "nearest valid keys: config.train.seq_len" in _one_error_line(spaced)
   line = _one_error_line(_train(workdir, "--config.train.nope=1"))
   assert "--config.train.nope" in line and "config.train." in line  # its siblings
   assert not workdir.exists()
