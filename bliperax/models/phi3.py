@@ -11,6 +11,8 @@ values and key segment ids for `S` slots; a call writes its `t` new tokens at
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -158,11 +160,16 @@ class DecoupledHead(nn.Module):
     pdtype, dtype = layers.dtype_of(self.num.param_dtype), layers.dtype_of(self.num.dtype)
     init = nn.initializers.normal(0.02)
     kernel = self.param("kernel", layers.param_with_axes(init, ("embed", "vocab")),
-                        (c.width, c.vocab_rows), pdtype)[:, :c.base_vocab]
+                        (c.width, c.vocab_rows), pdtype)
     bias = None
     if self.use_bias:
       bias = self.param("bias", layers.param_with_axes(nn.initializers.zeros, ("vocab",)),
-                        (c.vocab_rows,), pdtype)[:c.base_vocab]
+                        (c.vocab_rows,), pdtype)
+    # The whole table times x, then the logits cut: cutting (and concatenating) the
+    # kernel instead makes XLA copy the [D, vocab_rows] table on every call, which
+    # dominated a decoded token's time. The dead columns cost vocab_rows - base_vocab
+    # extra logits (52 of 32064).
+    logits = self._project(x, kernel, bias, dtype)[..., :c.base_vocab]
     if c.num_added:
       add_k = self.param("additional_kernel",
                          layers.param_with_axes(init, ("embed", "added_vocab")),
@@ -170,14 +177,16 @@ class DecoupledHead(nn.Module):
       add_b = self.param("additional_bias",
                          layers.param_with_axes(nn.initializers.zeros, ("added_vocab",)),
                          (c.num_added,), pdtype)
-      kernel = jnp.concatenate([kernel, add_k], axis=1)
-      if bias is not None:
-        bias = jnp.concatenate([bias, add_b])
-    logits = jnp.einsum("btd,dv->btv", x.astype(dtype), kernel.astype(dtype),
-                        preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
+      added = self._project(x, add_k, add_b if bias is not None else None, dtype)
+      logits = jnp.concatenate([logits, added], axis=-1)
     return logits
+
+  @staticmethod
+  def _project(x: Array, kernel: Array, bias: Optional[Array], dtype) -> Array:
+    """x [B, T, D] · kernel [D, N] (+ bias [N]) -> float32[B, T, N]."""
+    out = jnp.einsum("btd,dv->btv", x.astype(dtype), kernel.astype(dtype),
+                     preferred_element_type=jnp.float32)
+    return out if bias is None else out + bias.astype(jnp.float32)
 
 
 class Phi3LanguageModel(nn.Module):

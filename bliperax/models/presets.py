@@ -1,4 +1,4 @@
-"""Named model shapes: the 4B release, its 14B sibling, and tiny shapes for tests."""
+"""Named model shapes: the 4B release, its 14B sibling, tiny shapes for tests, a benchmark shape."""
 from __future__ import annotations
 
 from bliperax.models.config import (ResamplerConfig, TextConfig, VisionConfig,
@@ -58,12 +58,26 @@ def digits() -> XGenMMConfig:
   )
 
 
+def small() -> XGenMMConfig:
+  """A CPU benchmark shape: SigLIP 256 x 4 layers at 112 px, Perceiver 2 x 32 latents,
+  Phi-3 512 x 8 layers, the real 32064 + 3 vocabulary (tools/bench_generate.py)."""
+  return XGenMMConfig(
+      vision=VisionConfig(image_size=112, patch_size=14, width=256, mlp_dim=1024, depth=4,
+                          num_heads=4),
+      resampler=ResamplerConfig(width=256, out_width=512, num_latents=32, depth=2,
+                                num_heads=4, head_dim=64, ff_mult=4),
+      text=TextConfig(width=512, depth=8, num_heads=8, num_kv_heads=8, head_dim=64,
+                      mlp_dim=1536),
+  )
+
+
 PRESETS = {
     "xgenmm_4b": xgenmm_4b,
     "xgenmm_14b": xgenmm_14b,
     "tiny": tiny,
     "tiny_gqa": tiny_gqa,
     "digits": digits,
+    "small": small,
 }
 
 

@@ -1,0 +1,101 @@
+r"""Decoding speed of a model preset: compile, prefill, decode tokens/s; one JSON line each.
+
+  python tools/bench_generate.py [--preset=small] [--batch_sizes=1,16] [--new_tokens=32]
+
+Random weights of the preset (decoding speed does not depend on their values), one
+prompt per row of --prompt_tokens text tokens plus one image (a square photo-sized
+image, so anyres makes the global crop plus a 2x2 grid), greedy decoding of
+--new_tokens tokens with no end token, through `bliperax.infer.generate.generate`,
+the same function as `python -m bliperax.generate`. For each batch size:
+
+  first_call_s      the first generate call: compiles prefill and decode step, runs
+  time_to_first_token_s  of a warm call: prefill until the first token is on the host
+  prefill_s         of a warm call (the same as time_to_first_token_s: the first token
+                    is the prefill's argmax)
+  decode_tokens_per_s    per row, warm, over tokens 2..N (each step one decode call);
+                    decode_tokens_per_s_all_rows: times the batch size
+  init_s            drawing the random parameters (jitted init)
+
+Compare runs on the same machine only.
+"""
+import json
+import os
+import time
+
+from absl import flags
+
+from bliperax import cli
+
+_PRESET = flags.DEFINE_string("preset", "small", "Model preset (bliperax.models.presets).")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to measure.")
+_PROMPT = flags.DEFINE_integer("prompt_tokens", 40, "Text tokens per prompt.", lower_bound=1)
+_NEW = flags.DEFINE_integer("new_tokens", 32, "Tokens to decode.", lower_bound=2)
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Warm calls; the fastest is reported.",
+                                lower_bound=1)
+
+
+def _prompt(cfg, batch: int, prompt_tokens: int):
+  """A left-padded batch of `batch` prompts, each with one image and random text."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from bliperax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.data import batch_spec  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  side = 2 * cfg.vision.image_size
+  pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+  vision = batch_lib.prepare_image(Image.fromarray(pixels), cfg, anyres=True)
+  examples = []
+  for _ in range(batch):
+    text = rng.integers(100, 30000, size=prompt_tokens).tolist()
+    ids = text[:1] + [batch_lib.IMAGE_ID] + text[1:]
+    examples.append(batch_lib.expand(ids, None, [vision], batch_spec.VisionDims.of(cfg)))
+  return batch_lib.collate(examples, cfg, pad_id=32011, side="left")
+
+
+def main(argv):
+  del argv
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.models import presets, xgenmm  # pylint: disable=g-import-not-at-top
+
+  cfg = presets.get(_PRESET.value)
+  t0 = time.perf_counter()
+  params = nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(0)))
+  jax.block_until_ready(params)
+  init_s = time.perf_counter() - t0
+  new = _NEW.value
+  for batch in (int(b) for b in _BATCH_SIZES.value):
+    prompt = _prompt(cfg, batch, _PROMPT.value)
+
+    def timed_call():
+      stamps = []
+      start = time.perf_counter()
+      generate_lib.generate(params, cfg, prompt, new, eos_ids=(),
+                            on_token=lambda step, tokens: stamps.append(time.perf_counter()))
+      return start, stamps
+
+    start, stamps = timed_call()
+    first_call = stamps[-1] - start
+    best = None
+    for _ in range(_REPEATS.value):
+      start, stamps = timed_call()
+      ttft, decode = stamps[0] - start, stamps[-1] - stamps[0]
+      if best is None or decode < best[1]:
+        best = (ttft, decode)
+    ttft, decode = best
+    print(json.dumps(dict(
+        preset=_PRESET.value, batch=batch, prompt_length=int(prompt["tokens"].shape[1]),
+        crops_per_row=int(prompt["crop_valid"].sum(axis=1).max()), new_tokens=new,
+        init_s=round(init_s, 2), first_call_s=round(first_call, 2),
+        time_to_first_token_s=round(ttft, 4), prefill_s=round(ttft, 4),
+        decode_tokens_per_s=round((new - 1) / decode, 1),
+        decode_tokens_per_s_all_rows=round(batch * (new - 1) / decode, 1),
+        decode_ms_per_token=round(1000 * decode / (new - 1), 2),
+        backend=jax.default_backend(), cpus=os.cpu_count(),
+        malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        load_avg_1m=round(os.getloadavg()[0], 1))), flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)
