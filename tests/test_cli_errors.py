@@ -117,3 +117,37 @@ def test_entry_points_do_not_probe_other_backends():
                            env={**env, "JAX_PLATFORMS": ""}, capture_output=True, text=True,
                            timeout=120, check=False)
   assert "Unable to initialize backend" in probing.stderr, probing.stderr[-2000:]
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+{setup}
+def faults():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+np.ones(1 << 26, np.float32)  # 256 MB, allocated and freed
+before = faults()
+for _ in range(4):
+  np.ones(1 << 26, np.float32)
+print((faults() - before) / 4)
+"""
+
+
+def test_entry_points_keep_freed_memory_mapped():
+  """Importing bliperax.cli keeps a freed 256 MB block mapped: no page faults on reuse.
+
+  glibc unmaps a block that large on free, so each new one faults in again: at least
+  128 faults even with 2 MB transparent huge pages (65,536 with 4 KB pages). XLA's
+  CPU temporaries of every step are such blocks.
+  """
+  def faults_per_block(setup, **env):
+    run_env = {k: v for k, v in _ENV.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", _FAULTS.format(setup=setup)], cwd=ROOT,
+                         env={**run_env, **env}, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+  kept = faults_per_block("from bliperax import cli")
+  default = faults_per_block("")
+  opted_out = faults_per_block("from bliperax import cli", BLIPERAX_SYSTEM_MALLOC="1")
+  assert kept < 16, kept
+  assert default >= 128 and opted_out >= 128, (default, opted_out)

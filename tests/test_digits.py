@@ -116,19 +116,11 @@ def test_main_job_prints_a_generate_command_per_task(tmp_path):
       assert (tmp_path / f"{task}-{i}.png").read_bytes() == image
 
 
-def test_main_job_stages_get_the_malloc_settings_unless_the_user_set_them(capfd, monkeypatch):
+def test_main_job_stage_failure_stops_the_job(capfd):
   sys.path.insert(0, str(ROOT / "tools"))
   import main_job  # pylint: disable=g-import-not-at-top
-  for key in main_job.CPU_MALLOC_ENV:
-    monkeypatch.delenv(key, raising=False)
-  monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's value wins
-  show = "import os; print([os.environ.get(k) for k in {}])".format(
-      sorted(main_job.CPU_MALLOC_ENV))
-  main_job._run("env", [sys.executable, "-c", show])
-  out = capfd.readouterr().out
-  expected = {**main_job.CPU_MALLOC_ENV, "MALLOC_ARENA_MAX": "4"}
-  assert out.strip().splitlines()[-1] == str([expected[k] for k in sorted(expected)])
-  assert "MALLOC_ARENA_MAX=4 " in out  # the printed command shows what the stage gets
+  main_job._run("echo", [sys.executable, "-c", "print('stage ran')"])
+  assert "stage ran" in capfd.readouterr().out
   with pytest.raises(SystemExit, match="env failed"):
     main_job._run("env", [sys.executable, "-c", "raise SystemExit(3)"])
 

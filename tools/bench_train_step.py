@@ -10,7 +10,7 @@ for. Besides wall time per step it reports the process's user and system CPU
 time and minor page faults per step, and XLA's temporary-buffer size: on CPU a
 large `sys_ms_per_step` with ~temp_bytes/4096 faults per step means the
 allocator hands the temporaries back to the kernel after every step (see
-CPU_MALLOC_ENV in tools/main_job.py). Compare runs on the same machine only.
+bliperax/host_memory.py). Compare runs on the same machine only.
 """
 import json
 import os

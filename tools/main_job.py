@@ -21,7 +21,6 @@ what differs. --fresh removes WORKDIR first.
 """
 import importlib.util
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -50,22 +49,11 @@ _FRESH = flags.DEFINE_bool("fresh", False, "Remove WORKDIR first and start over.
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# glibc malloc settings for the stages (values already in the environment win).
-# XLA on CPU allocates each step's temporaries as one block (205 MB for the SFT
-# step, 315 MB for pre-training); glibc serves blocks that large with mmap and
-# unmaps them on free, so every step page-faults them in again: ~30% of the CPU
-# time went to the kernel. One arena, no mmap and no trimming keep the block
-# mapped between steps: pre-training 585 -> 322 ms/step, minor faults
-# 117k -> 14 per step (tools/bench_train_step.py, 2 cores).
-CPU_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                  "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-
-
 def _run(title: str, argv: list) -> None:
-  env = {**CPU_MALLOC_ENV, **os.environ}
-  shown = " ".join(f"{k}={env[k]}" for k in CPU_MALLOC_ENV)
-  print(f"\n=== {title}\n$ {shown} {' '.join(argv)}", flush=True)
-  result = subprocess.run(argv, cwd=_ROOT, env=env, check=False)
+  # The stages are entry points: each keeps its freed memory mapped itself
+  # (bliperax.host_memory), no environment needed.
+  print(f"\n=== {title}\n$ {' '.join(argv)}", flush=True)
+  result = subprocess.run(argv, cwd=_ROOT, check=False)
   if result.returncode:
     raise SystemExit(f"main job: {title} failed (exit {result.returncode})")
 
