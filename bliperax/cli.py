@@ -7,8 +7,10 @@ of the wrong type, a config file that does not load, a flag out of its bounds.
 
 Importing this module also pins JAX to the CPU on a host without any accelerator
 device (`pin_cpu_where_no_accelerator`), so every entry point imports it before jax,
-and keeps freed host memory mapped (`bliperax.host_memory`: XLA's per-step CPU
-temporaries are not page-faulted in again every step).
+keeps freed host memory mapped (`bliperax.host_memory`: XLA's per-step CPU
+temporaries are not page-faulted in again every step), and turns on JAX's persistent
+compilation cache (`use_compilation_cache`), so the second run of a config compiles
+nothing.
 """
 from __future__ import annotations
 
@@ -42,8 +44,26 @@ def pin_cpu_where_no_accelerator(environ: MutableMapping[str, str] = os.environ,
     environ["JAX_PLATFORMS"] = "cpu"
 
 
+def use_compilation_cache(environ: MutableMapping[str, str] = os.environ) -> Optional[str]:
+  """Points JAX's persistent compilation cache at a user cache folder; returns it.
+
+  `JAX_COMPILATION_CACHE_DIR` (any value, e.g. a gs:// path shared by a pod's hosts)
+  wins; `BLIPERAX_COMPILATION_CACHE=0` turns the cache off (the tests do, where they
+  time compiles); else `$XDG_CACHE_HOME/bliperax/jax` (default `~/.cache/...`).
+  Compiles of a second or more are cached (`JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`,
+  JAX's default 1 s). Must run before jax is imported (JAX reads these at import).
+  """
+  if environ.get("BLIPERAX_COMPILATION_CACHE", "1") in ("0", "false", "off"):
+    return None
+  if "JAX_COMPILATION_CACHE_DIR" not in environ:
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(base, "bliperax", "jax")
+  return environ["JAX_COMPILATION_CACHE_DIR"]
+
+
 pin_cpu_where_no_accelerator()
 host_memory.keep_freed_memory()
+use_compilation_cache()
 
 
 def fail(message: str, status: int = USAGE_ERROR) -> None:

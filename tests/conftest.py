@@ -12,6 +12,10 @@ os.environ["XLA_FLAGS"] = " ".join([
     ORIGINAL_XLA_FLAGS, "--xla_backend_optimization_level=0",
     "--xla_llvm_disable_expensive_passes=true"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No persistent compilation cache unless a test asks for one (test_train.py gives its
+# subprocesses a fresh one): compile-time tests must compile, and the suite must not
+# write into the user's cache.
+os.environ.setdefault("BLIPERAX_COMPILATION_CACHE", "0")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

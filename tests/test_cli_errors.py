@@ -1,7 +1,9 @@
-"""Bad command lines get one clear line on stderr, a non-zero exit, and leave nothing behind.
+"""Entry points: bad command lines get one clear line on stderr, a non-zero exit, and
+leave nothing behind; what every entry point sets up before jax loads (CPU pinning,
+host memory kept mapped, the compilation cache).
 
-Each case runs the real entry point in a subprocess, as a user would. None of them
-gets as far as compiling anything, so the whole file takes seconds per case.
+Each command-line case runs the real entry point in a subprocess, as a user would.
+None of them gets as far as compiling anything, so the whole file takes seconds.
 """
 import glob
 import os
@@ -151,3 +153,13 @@ def test_entry_points_keep_freed_memory_mapped():
   opted_out = faults_per_block("from bliperax import cli", BLIPERAX_SYSTEM_MALLOC="1")
   assert kept < 16, kept
   assert default >= 128 and opted_out >= 128, (default, opted_out)
+
+
+def test_compilation_cache_defaults_to_the_user_cache_and_can_be_turned_off(tmp_path):
+  env = {"XDG_CACHE_HOME": str(tmp_path)}
+  assert cli_lib.use_compilation_cache(env) == str(tmp_path / "bliperax" / "jax")
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "bliperax" / "jax")
+  mine = {"JAX_COMPILATION_CACHE_DIR": "gs://bucket/cache", "XDG_CACHE_HOME": str(tmp_path)}
+  assert cli_lib.use_compilation_cache(mine) == "gs://bucket/cache"  # the user's wins
+  off = {"BLIPERAX_COMPILATION_CACHE": "0"}
+  assert cli_lib.use_compilation_cache(off) is None and "JAX_COMPILATION_CACHE_DIR" not in off
