@@ -126,3 +126,28 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
   greedy = generate_lib.select_token(logits, None, temperature=0.0)
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_k=1), greedy)
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_device_loop_decodes_what_the_streaming_loop_decodes(temperature):
+  """generate without a callback (one jitted while_loop) == with one (a call per token).
+
+  Including rows that stop at an end token early (then padded) and sampling with the
+  same keys.
+  """
+  cfg = presets.get("tiny_gqa")
+  params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
+  prompt = _random_batch(cfg, 7, side="left")
+  rng = jax.random.PRNGKey(9) if temperature else None
+  free = generate_lib.generate(params, cfg, prompt, 8, eos_ids=(), temperature=temperature,
+                               top_k=20, rng=rng)
+  eos = (int(free[0, 2]),)  # row 0 ends at step 2 (or earlier)
+  for eos_ids in ((), eos):
+    streamed = []
+    kwargs = dict(eos_ids=eos_ids, temperature=temperature, top_k=20, rng=rng)
+    looped = generate_lib.generate(params, cfg, prompt, 8, **kwargs)
+    stepped = generate_lib.generate(params, cfg, prompt, 8, **kwargs,
+                                    on_token=lambda step, tokens: streamed.append(step))
+    np.testing.assert_array_equal(looped, stepped)
+    assert streamed == list(range(len(streamed))) and streamed
+  assert (looped[0, 3:] == 32011).all()  # ended at the eos, padded after

@@ -3,6 +3,11 @@
 Prompts come left-padded (`bliperax.data.batch.collate(..., side="left")`), so every
 row's next token lands in the same cache slot. Rows that emitted an end token are
 filled with `pad_id` afterwards.
+
+Two loops decode the same tokens: with an `on_token` callback (streaming) each step
+is one jitted call and the host sees every token; without one the whole decode is
+one jitted `lax.while_loop` (`_decode_loop`), which stops when every row has ended
+and never returns to the host in between (what pays on accelerators).
 """
 from __future__ import annotations
 
@@ -30,11 +35,54 @@ def init_cache(cfg: XGenMMConfig, batch: int, length: int) -> dict:
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
-def _forward(cfg: XGenMMConfig, params, cache, inputs):
+def _apply(cfg: XGenMMConfig, params, cache, inputs):
+  """One cached forward: (last position's logits float32[B, V], the updated cache)."""
   logits, state = XGenMM(cfg, decode=True).apply(
       {"params": params, "cache": cache}, **inputs, mutable=["cache"])
   return logits[:, -1], state["cache"]
+
+
+_forward = jax.jit(_apply, static_argnums=(0,), donate_argnums=(2,))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9, 10, 11))
+def _decode_loop(cfg: XGenMMConfig, params, cache, logits, position, rng, steps: int,
+                 temperature: float, top_k: int, top_p: float, eos_ids: tuple,
+                 pad_id: int) -> jax.Array:
+  """Tokens int32[B, steps] from the prefill's logits, decoded on the device.
+
+  Step i selects a token from the logits (key fold_in(rng, i), as the streaming
+  loop), then, unless it was the last step or every row has ended, runs the cached
+  forward on it. Rows that ended get `pad_id`.
+  """
+  b = logits.shape[0]
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+  def select(logits, step, finished):
+    key = None if rng is None else jax.random.fold_in(rng, step)
+    token = select_token(logits, key, temperature, top_k, top_p).astype(jnp.int32)
+    return jnp.where(finished, pad_id, token)
+
+  def cond(state):
+    step, _, _, _, finished, _ = state
+    return (step < steps - 1) & ~jnp.all(finished)
+
+  def body(state):
+    step, logits, cache, position, finished, out = state
+    token = select(logits, step, finished)
+    out = out.at[:, step].set(token)
+    finished = finished | jnp.isin(token, eos)
+    position = position + 1
+    logits, cache = _apply(cfg, params, cache, dict(
+        tokens=token[:, None], positions=position[:, None],
+        segment_ids=jnp.ones((b, 1), jnp.int32)))
+    return step + 1, logits, cache, position, finished, out
+
+  out = jnp.full((b, steps), pad_id, jnp.int32)
+  state = (jnp.int32(0), logits, cache, position, jnp.zeros((b,), bool), out)
+  step, logits, _, _, finished, out = jax.lax.while_loop(cond, body, state)
+  # The last selected token needs no forward after it (already pad if all ended).
+  return out.at[:, step].set(select(logits, step, finished))
 
 
 def select_token(logits: jax.Array, rng: Optional[jax.Array], temperature: float,
@@ -85,7 +133,8 @@ def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
     params: model parameters.
     prompt: collated batch (tokens, positions, segment_ids [B, T], and the vision
       inputs crops / group_index / group_mask / vision_slots, or without them for text).
-    on_token: called as on_token(step, tokens int[B]) after every step (streaming).
+    on_token: called as on_token(step, tokens int[B]) after every step (streaming:
+      one jitted call per token); without it the decode is one device loop.
   Returns:
     int32[B, max_new_tokens]; after a row's end token (and after an early stop once
     every row has ended), `pad_id`.
@@ -105,6 +154,11 @@ def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
   inputs = {k: jnp.asarray(prompt[k]) for k in keys if k in prompt}
   logits, cache = _forward(cfg, params, cache, inputs)
   position = jnp.asarray(prompt["positions"])[:, -1]
+  if on_token is None:
+    return np.asarray(_decode_loop(cfg, params, cache, logits, position, rng,
+                                   max_new_tokens, float(temperature), int(top_k),
+                                   float(top_p), tuple(int(e) for e in eos_ids),
+                                   int(pad_id)))
   eos = jnp.asarray(list(eos_ids))
   finished = np.zeros(b, bool)
   out = []
