@@ -79,7 +79,7 @@ def _config_flag_names() -> List[str]:
           and "." not in name]
 
 
-def _load_config(spec: str):
+def load_config(spec: str):
   """`file.py[:arg]` -> the ConfigDict of its get_config (as config_flags loads it)."""
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_bliperax_cli_config", path)
@@ -118,7 +118,7 @@ def _explain_override_error(argv: Sequence[str]) -> Optional[str]:
     if spec is None:
       continue
     try:
-      valid = dotted_keys(_load_config(spec))
+      valid = dotted_keys(load_config(spec))
     except Exception:  # pylint: disable=broad-except  (reported by the caller's message)
       continue
     for a in argv:

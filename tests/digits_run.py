@@ -6,7 +6,6 @@ check the plumbing and the decoding, not accuracy.
 """
 import atexit
 import functools
-import importlib.util
 import pathlib
 import shutil
 import tempfile
@@ -16,11 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def config(name: str, data: pathlib.Path, steps: int):
   """experiments/digits/<name>.py at `steps` steps with rows small enough for tests."""
+  from bliperax import cli  # pylint: disable=g-import-not-at-top
   path = ROOT / "experiments" / "digits" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"digits_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config(f"root={data},steps={steps},batch=2,workers=0")
+  cfg = cli.load_config(f"{path}:root={data},steps={steps},batch=2,workers=0")
   cfg.log_every = 1
   return cfg
 

@@ -24,7 +24,6 @@ accumulation): compile time dominates on 2 CPU cores.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import pickle
@@ -37,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from bliperax import cli
 from bliperax import sharding
 from bliperax.train import trainer
 from bliperax.train.setup import TrainSetup
@@ -46,10 +46,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def load_config(overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
   """experiments/tiny.py's config with dotted-path overrides (as on the command line)."""
-  spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "experiments" / "tiny.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
+  cfg = cli.load_config(str(ROOT / "experiments" / "tiny.py"))
   cfg.update_from_flattened_dict(overrides)
   return cfg
 

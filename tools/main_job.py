@@ -19,7 +19,6 @@ says so, an interrupted one runs again (training continues from its checkpoint),
 a stage recorded with other code, config or flags stops the job with one line saying
 what differs. --fresh removes WORKDIR first.
 """
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -66,11 +65,7 @@ def _train(stage: str, config: str, workdir: pathlib.Path, steps, extra=()) -> N
 
 def _config(name: str, knobs: str):
   """experiments/digits/<name>.py:knobs, resolved as the trainer resolves --config."""
-  path = _ROOT / "experiments" / "digits" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"digits_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(knobs)
+  return cli.load_config(f"{_ROOT / 'experiments' / 'digits' / name}.py:{knobs}")
 
 
 def run_stage(work: pathlib.Path, name: str, title: str, record: Dict,
