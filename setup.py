@@ -24,6 +24,11 @@ _CORE = [
     "scikit-learn",  # the bundled digits of the main job (tools/make_digits.py)
 ]
 _TORCH = ["torch==2.13.0", "transformers>=4.41", "safetensors"]
+# Caption metrics (CIDEr-D, BLEU-4) computed by pycocoevalcap itself. An extra, not
+# core: its wheel is ~100 MB (METEOR and SPICE jars bundled) and pulls pycocotools;
+# VQA accuracy and everything else need none of it. In `test` too, so the default
+# suite compares against it.
+_EVAL = ["pycocoevalcap>=1.2"]
 
 setuptools.setup(
     name="bliperax",
@@ -34,8 +39,9 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=_CORE,
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        "test": ["pytest", "pytest-xdist"] + _EVAL,
         "torch": _TORCH,
+        "eval": _EVAL,
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
