@@ -1,4 +1,22 @@
-r"""Per-task exact-match accuracy on held-out chats, with greedy KV-cache decoding.
+r"""Evaluation: benchmark predictions with the official metrics, or digits exact match.
+
+Score a predictions file in a benchmark's official results format (no model):
+
+  python -m bliperax.evaluate --benchmark=vqav2 --data_dir=/data/vqav2 \
+      --predictions=vqav2_val_predictions.json [--output=scores.json]
+
+--benchmark is one of vqav2, okvqa, textvqa, vizwiz (VQA accuracy as the official
+VQA evaluation computes it; predictions `[{"question_id", "answer"}]`, VizWiz
+`[{"image", "answer"}]`) or coco (Karpathy test), coco_val2014, nocaps, textcaps
+(CIDEr and BLEU-4 as pycocoevalcap computes them; predictions `[{"image_id",
+"caption"}]`). --data_dir holds the benchmark's annotation files under their
+released names (bliperax/benchmarks/registry.py lists them). Every question or image
+needs one prediction (--partial scores the predicted ones only). Prints a table and,
+as the last line, one JSON object with the metric under its usual name ("accuracy"
+in percent with "perAnswerType"; "CIDEr" and "Bleu_4" as pycocoevalcap reports
+them, with the tokenizer that ran); --output also writes per-question scores.
+
+Per-task exact-match accuracy on held-out chats, with greedy KV-cache decoding:
 
   python -m bliperax.evaluate --config=experiments/digits/sft.py:root=/tmp/digits \
       --checkpoint=/tmp/digits_run/sft [--tasks=read] [--anyres=off] [--output=eval.json]
@@ -18,6 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bliperax import cli
+from bliperax.benchmarks import registry as benchmark_registry
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config with an `eval` section (e.g. "
@@ -31,7 +50,43 @@ _ANYRES = flags.DEFINE_enum("anyres", "config", ["config", "on", "off"],
 _LIMIT = flags.DEFINE_integer("limit", 0, "Questions per task (0 = all).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON results.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Prompts per batch (0 = config).")
-flags.mark_flags_as_required(["config", "checkpoint"])
+_BENCHMARK = flags.DEFINE_enum("benchmark", None, list(benchmark_registry.BENCHMARKS),
+                               "Benchmark whose official metric scores --predictions.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the benchmark's official "
+                                "annotation files, under their released names.")
+_PREDICTIONS = flags.DEFINE_string("predictions", None, "Predictions file in the "
+                                   "benchmark's official results format.")
+_PARTIAL = flags.DEFINE_boolean("partial", False, "Score only the questions/images that "
+                                "have a prediction (default: all must have one).")
+_TOKENIZER = flags.DEFINE_enum("tokenizer", "auto", ["auto", "ptb", "python"],
+                               "Caption tokenizer: pycocoevalcap's PTB tokenizer (Java), "
+                               "its Python stand-in, or PTB where java is on the PATH.")
+
+
+def _score_predictions() -> int:
+  """--benchmark/--data_dir/--predictions: official metrics of a predictions file."""
+  from bliperax import benchmarks  # pylint: disable=g-import-not-at-top
+  from bliperax.benchmarks import caption_metrics  # pylint: disable=g-import-not-at-top
+  missing = [f"--{f.name}" for f in (_BENCHMARK, _DATA_DIR) if f.value is None]
+  if missing:
+    cli.fail(f"scoring predictions needs {' and '.join(missing)} too")
+  if _CONFIG.value is not None or _CHECKPOINT.value is not None:
+    cli.fail("--predictions is scored without a model: drop --config and --checkpoint")
+  bench = benchmarks.get(_BENCHMARK.value)
+  try:
+    result = benchmarks.score_file(bench, _DATA_DIR.value, _PREDICTIONS.value,
+                                   partial=_PARTIAL.value, tokenizer=_TOKENIZER.value)
+  except (benchmarks.BenchmarkError, caption_metrics.CaptionMetricError) as e:
+    cli.fail(str(e), status=2)
+  print(benchmarks.table(result))
+  summary = benchmarks.summary(result)
+  if _OUTPUT.value:
+    output = pathlib.Path(_OUTPUT.value)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    summary["output"] = str(output)
+  print(json.dumps(summary))
+  return 0
 
 
 def _table(results: dict) -> str:
@@ -46,6 +101,14 @@ def _table(results: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _PREDICTIONS.value is not None:
+    return _score_predictions()
+  if _BENCHMARK.value is not None:
+    cli.fail("--benchmark scores a --predictions file (with --data_dir); few-shot "
+             "evaluation of a checkpoint on a benchmark is not built yet")
+  if _CONFIG.value is None or _CHECKPOINT.value is None:
+    cli.fail("give --config and --checkpoint (exact match on held-out chats), or "
+             "--benchmark, --data_dir and --predictions (score a predictions file)")
   from bliperax.data import chat as chat_lib  # after flags: keeps --help fast
   from bliperax.data import tokenizer as tokenizer_lib
   from bliperax.infer import checkpoints
