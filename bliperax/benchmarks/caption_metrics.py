@@ -73,11 +73,12 @@ def ptb_tokenize(groups: Sequence[Sequence[str]]) -> List[List[str]]:
       with contextlib.redirect_stdout(io.StringIO()):
         tokens = PTBTokenizer().tokenize(captions)
     except (OSError, ValueError) as e:
-      raise CaptionMetricError(f"the PTB tokenizer (Java) failed: {e}") from None
+      raise CaptionMetricError(f"the PTB tokenizer (Java) failed: {e} (--tokenizer=python "
+                               "runs without Java)") from None
   if any(len(tokens.get(i, ())) != len(g) for i, g in enumerate(groups)):
     log = " ".join(err.getvalue().split())[-500:]
     raise CaptionMetricError(f"the PTB tokenizer (Java) returned the wrong number of lines "
-                             f"({log or 'no output'})")
+                             f"({log or 'no output'}; --tokenizer=python runs without Java)")
   return [tokens[i] for i in range(len(groups))]
 
 
