@@ -128,13 +128,39 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_device_loop_decodes_what_the_streaming_loop_decodes(temperature):
-  """generate without a callback (one jitted while_loop) == with one (a call per token).
+def _naive_greedy(params, cfg, prompt, steps):
+  """Greedy tokens by re-running the whole model (no cache) on the growing sequence."""
+  model = xgenmm.XGenMM(cfg)
+  batch = {k: np.asarray(v) for k, v in batch_spec.model_inputs(prompt).items()}
+  unused_slot = batch["vision_slots"] >= batch["tokens"].shape[1]  # padding: one past the end
+  out = []
+  for _ in range(steps):
+    batch["vision_slots"] = np.where(unused_slot, batch["tokens"].shape[1],
+                                     batch["vision_slots"])
+    token = np.argmax(np.asarray(model.apply({"params": params}, **batch))[:, -1], axis=-1)
+    out.append(token.astype(np.int32))
+    batch["tokens"] = np.concatenate([batch["tokens"], token[:, None]], axis=1)
+    batch["positions"] = np.concatenate(
+        [batch["positions"], batch["positions"][:, -1:] + 1], axis=1)
+    batch["segment_ids"] = np.concatenate(
+        [batch["segment_ids"], np.ones_like(token)[:, None]], axis=1)
+  return np.stack(out, axis=1)
 
-  Including rows that stop at an end token early (then padded) and sampling with the
-  same keys.
-  """
+
+def test_device_loop_decodes_what_the_uncached_model_predicts():
+  """The cached device loop's greedy tokens == argmax of full forwards without a cache."""
+  cfg = presets.get("tiny_gqa")
+  params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
+  prompt = _random_batch(cfg, 7, side="left")
+  got = generate_lib.generate(params, cfg, prompt, 5, eos_ids=())
+  np.testing.assert_array_equal(got, _naive_greedy(params, cfg, prompt, 5))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_streaming_sees_every_token_and_decodes_the_same(temperature):
+  """on_token gets each step's tokens in order while the device loop runs, and the
+  tokens equal a call without a callback: greedy and sampled, with rows that end early
+  (then padded, and no all-pad step is streamed after every row has ended)."""
   cfg = presets.get("tiny_gqa")
   params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
   prompt = _random_batch(cfg, 7, side="left")
@@ -142,12 +168,39 @@ def test_device_loop_decodes_what_the_streaming_loop_decodes(temperature):
   free = generate_lib.generate(params, cfg, prompt, 8, eos_ids=(), temperature=temperature,
                                top_k=20, rng=rng)
   eos = (int(free[0, 2]),)  # row 0 ends at step 2 (or earlier)
-  for eos_ids in ((), eos):
+  all_end = tuple(sorted({int(free[0, 1]), int(free[1, 1])}))  # every row ends by step 1
+  for eos_ids in ((), eos, all_end):
     streamed = []
     kwargs = dict(eos_ids=eos_ids, temperature=temperature, top_k=20, rng=rng)
     looped = generate_lib.generate(params, cfg, prompt, 8, **kwargs)
-    stepped = generate_lib.generate(params, cfg, prompt, 8, **kwargs,
-                                    on_token=lambda step, tokens: streamed.append(step))
+    stepped = generate_lib.generate(
+        params, cfg, prompt, 8, **kwargs,
+        on_token=lambda step, tokens: streamed.append((step, tokens.copy())))
     np.testing.assert_array_equal(looped, stepped)
-    assert streamed == list(range(len(streamed))) and streamed
-  assert (looped[0, 3:] == 32011).all()  # ended at the eos, padded after
+    assert [step for step, _ in streamed] == list(range(len(streamed)))
+    np.testing.assert_array_equal(np.stack([t for _, t in streamed], axis=1),
+                                  looped[:, :len(streamed)])
+    assert (looped[:, len(streamed):] == 32011).all()
+    if eos_ids == eos:
+      assert (looped[0, 3:] == 32011).all()  # row 0 ended at the eos, padded after
+  assert len(streamed) <= 2  # all_end: every row ended by step 1, nothing streamed after
+
+
+def test_streaming_callback_stops_and_raises():
+  """on_token returning True ends the decode after that step; an exception in it stops
+  the decode and reaches the caller."""
+  cfg = presets.get("tiny")
+  params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
+  prompt = _random_batch(cfg, 7, side="left")
+  full = generate_lib.generate(params, cfg, prompt, 8, eos_ids=())
+  seen = []
+  got = generate_lib.generate(params, cfg, prompt, 8, eos_ids=(),
+                              on_token=lambda step, tokens: seen.append(step) or step == 2)
+  assert seen == [0, 1, 2]
+  np.testing.assert_array_equal(got[:, :3], full[:, :3])
+  assert (got[:, 3:] == 32011).all()
+
+  def broken(step, tokens):
+    raise KeyError(f"callback failed at {step}")
+  with pytest.raises(KeyError, match="callback failed at 0"):
+    generate_lib.generate(params, cfg, prompt, 8, eos_ids=(), on_token=broken)

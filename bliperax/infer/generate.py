@@ -4,19 +4,23 @@ Prompts come left-padded (`bliperax.data.batch.collate(..., side="left")`), so e
 row's next token lands in the same cache slot. Rows that emitted an end token are
 filled with `pad_id` afterwards.
 
-Two loops decode the same tokens: with an `on_token` callback (streaming) each step
-is one jitted call and the host sees every token; without one the whole decode is
-one jitted `lax.while_loop` (`_decode_loop`), which stops when every row has ended
-and never returns to the host in between (what pays on accelerators).
+After the prefill the whole decode is one jitted `lax.while_loop` (`_decode_loop`) that
+stops when every row has ended, so there is no host round trip and no dispatch per
+token. A streaming callback (`on_token`) does not change that: the loop hands each
+step's tokens to the host through an ordered `io_callback` and carries on; the
+callback's return value can stop the decode.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+import itertools
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 
 from bliperax.data import batch_spec
 from bliperax.models.config import XGenMMConfig
@@ -24,6 +28,30 @@ from bliperax.models.xgenmm import XGenMM
 
 EOS_IDS = (32007, 32000)  # <|end|>, <|endoftext|> (bliperax/DESIGN.md §5)
 PAD_ID = 32011
+
+# A streaming callback is whatever the caller passes, but the compiled loop can only
+# call one fixed host function: `_deliver` finds the caller's callback by the id the
+# loop carries as an operand. An entry lives exactly as long as its generate call.
+_STREAMS: Dict[int, "_Stream"] = {}
+_STREAM_IDS = itertools.count(1)
+
+
+@dataclasses.dataclass
+class _Stream:
+  on_token: Callable[[int, np.ndarray], Optional[bool]]
+  stopped: bool = False
+  error: Optional[BaseException] = None
+
+
+def _deliver(stream_id, step, tokens) -> np.ndarray:
+  """Host side of the loop's io_callback: calls on_token; True stops the decode."""
+  stream = _STREAMS[int(stream_id)]
+  if not stream.stopped:
+    try:
+      stream.stopped = bool(stream.on_token(int(step), np.asarray(tokens)))
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised by generate()
+      stream.error, stream.stopped = e, True
+  return np.bool_(stream.stopped)
 
 
 def init_cache(cfg: XGenMMConfig, batch: int, length: int) -> dict:
@@ -45,15 +73,16 @@ def _apply(cfg: XGenMMConfig, params, cache, inputs):
 _forward = jax.jit(_apply, static_argnums=(0,), donate_argnums=(2,))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9, 10, 11))
-def _decode_loop(cfg: XGenMMConfig, params, cache, logits, position, rng, steps: int,
-                 temperature: float, top_k: int, top_p: float, eos_ids: tuple,
-                 pad_id: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10, 11, 12, 13))
+def _decode_loop(cfg: XGenMMConfig, params, cache, logits, position, rng, stream_id,
+                 steps: int, temperature: float, top_k: int, top_p: float, eos_ids: tuple,
+                 pad_id: int, stream: bool) -> jax.Array:
   """Tokens int32[B, steps] from the prefill's logits, decoded on the device.
 
-  Step i selects a token from the logits (key fold_in(rng, i), as the streaming
-  loop), then, unless it was the last step or every row has ended, runs the cached
-  forward on it. Rows that ended get `pad_id`.
+  Step i selects a token from the logits (key fold_in(rng, i)); with `stream` it hands
+  (i, tokens) to the host callback registered under `stream_id`, which may halt the
+  loop; then, unless it was the last step, every row has ended or the loop was
+  halted, it runs the cached forward on the token. Rows that ended get `pad_id`.
   """
   b = logits.shape[0]
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
@@ -63,26 +92,36 @@ def _decode_loop(cfg: XGenMMConfig, params, cache, logits, position, rng, steps:
     token = select_token(logits, key, temperature, top_k, top_p).astype(jnp.int32)
     return jnp.where(finished, pad_id, token)
 
+  def emit(step, token, out):
+    halt = jnp.bool_(False)
+    if stream:
+      halt = io_callback(_deliver, jax.ShapeDtypeStruct((), jnp.bool_), stream_id, step,
+                         token, ordered=True)
+    return out.at[:, step].set(token), halt
+
   def cond(state):
-    step, _, _, _, finished, _ = state
-    return (step < steps - 1) & ~jnp.all(finished)
+    step, _, _, _, finished, halted, _ = state
+    return (step < steps - 1) & ~jnp.all(finished) & ~halted
 
   def body(state):
-    step, logits, cache, position, finished, out = state
+    step, logits, cache, position, finished, _, out = state
     token = select(logits, step, finished)
-    out = out.at[:, step].set(token)
+    out, halted = emit(step, token, out)
     finished = finished | jnp.isin(token, eos)
     position = position + 1
     logits, cache = _apply(cfg, params, cache, dict(
         tokens=token[:, None], positions=position[:, None],
         segment_ids=jnp.ones((b, 1), jnp.int32)))
-    return step + 1, logits, cache, position, finished, out
+    return step + 1, logits, cache, position, finished, halted, out
 
   out = jnp.full((b, steps), pad_id, jnp.int32)
-  state = (jnp.int32(0), logits, cache, position, jnp.zeros((b,), bool), out)
-  step, logits, _, _, finished, out = jax.lax.while_loop(cond, body, state)
-  # The last selected token needs no forward after it (already pad if all ended).
-  return out.at[:, step].set(select(logits, step, finished))
+  state = (jnp.int32(0), logits, cache, position, jnp.zeros((b,), bool), jnp.bool_(False),
+           out)
+  step, logits, _, _, finished, halted, out = jax.lax.while_loop(cond, body, state)
+  # The last step's token needs no forward after it; none is due if every row has
+  # ended (it would be all pad) or the host halted the loop.
+  return jax.lax.cond(halted | jnp.all(finished), lambda out: out,
+                      lambda out: emit(step, select(logits, step, finished), out)[0], out)
 
 
 def select_token(logits: jax.Array, rng: Optional[jax.Array], temperature: float,
@@ -126,18 +165,21 @@ def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
              eos_ids: Sequence[int] = EOS_IDS, pad_id: int = PAD_ID,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              rng: Optional[jax.Array] = None,
-             on_token: Optional[Callable[[int, np.ndarray], None]] = None) -> np.ndarray:
+             on_token: Optional[Callable[[int, np.ndarray], Optional[bool]]] = None
+             ) -> np.ndarray:
   """Decodes up to `max_new_tokens` after a left-padded prompt batch.
 
   Args:
     params: model parameters.
     prompt: collated batch (tokens, positions, segment_ids [B, T], and the vision
       inputs crops / group_index / group_mask / vision_slots, or without them for text).
-    on_token: called as on_token(step, tokens int[B]) after every step (streaming:
-      one jitted call per token); without it the decode is one device loop.
+    on_token: called on the host as on_token(step, tokens int32[B]) with every step's
+      tokens, in order, while the device loop goes on; returning True stops the
+      decode after that step. An exception it raises stops the decode and is
+      re-raised here.
   Returns:
     int32[B, max_new_tokens]; after a row's end token (and after an early stop once
-    every row has ended), `pad_id`.
+    every row has ended, or on_token stopped it), `pad_id`.
   Raises:
     ValueError: max_new_tokens < 1, or the prompt plus max_new_tokens would run past
       the model's `max_positions`; sampling without an rng.
@@ -154,28 +196,16 @@ def generate(params, cfg: XGenMMConfig, prompt: dict, max_new_tokens: int,
   inputs = {k: jnp.asarray(prompt[k]) for k in keys if k in prompt}
   logits, cache = _forward(cfg, params, cache, inputs)
   position = jnp.asarray(prompt["positions"])[:, -1]
-  if on_token is None:
-    return np.asarray(_decode_loop(cfg, params, cache, logits, position, rng,
-                                   max_new_tokens, float(temperature), int(top_k),
-                                   float(top_p), tuple(int(e) for e in eos_ids),
-                                   int(pad_id)))
-  eos = jnp.asarray(list(eos_ids))
-  finished = np.zeros(b, bool)
-  out = []
-  for step in range(max_new_tokens):
-    key = None if rng is None else jax.random.fold_in(rng, step)
-    nxt = np.asarray(select_token(logits, key, temperature, top_k, top_p)).astype(np.int32)
-    nxt = np.where(finished, pad_id, nxt)
-    out.append(nxt)
-    if on_token is not None:
-      on_token(step, nxt)
-    finished |= np.isin(nxt, np.asarray(eos))
-    if finished.all() or step == max_new_tokens - 1:
-      break
-    position = position + 1
-    step_inputs = dict(tokens=jnp.asarray(nxt)[:, None], positions=position[:, None],
-                       segment_ids=jnp.ones((b, 1), jnp.int32))
-    logits, cache = _forward(cfg, params, cache, step_inputs)
-  tokens_out = np.full((b, max_new_tokens), pad_id, np.int32)
-  tokens_out[:, :len(out)] = np.stack(out, axis=1)
-  return tokens_out
+  stream_id = next(_STREAM_IDS)
+  if on_token is not None:
+    _STREAMS[stream_id] = _Stream(on_token)
+  try:
+    out = _decode_loop(cfg, params, cache, logits, position, rng, jnp.int32(stream_id),
+                       max_new_tokens, float(temperature), int(top_k), float(top_p),
+                       tuple(int(e) for e in eos_ids), int(pad_id), on_token is not None)
+    out = np.asarray(out)  # waits for the loop, and so for every callback
+  finally:
+    stream = _STREAMS.pop(stream_id, None)
+  if stream is not None and stream.error is not None:
+    raise stream.error
+  return out

@@ -1,0 +1,143 @@
+r"""bliperax's side of the side-by-side benchmark: one process, one JSON line.
+
+  python tools/bench_process.py [--device_loop_only]
+
+Runs the workload and protocol of `tools/bench_workload.py` (the same model shapes,
+inputs and steps as `tools/bench_reference.py` runs through the PyTorch reference)
+through bliperax's real paths: the trainer's `TrainSetup` (sharded init, the jitted
+step with AdamW, clipping and the frozen ViT) and `bliperax.infer.generate.generate`.
+`tools/bench_side_by_side.py` runs both alternately and compares them.
+
+Fields of the JSON line (seconds unless named otherwise):
+  import_s             importing JAX, Flax and bliperax
+  build_s              config -> model, optimizer and random parameters (init compile
+                       included; the persistent compilation cache applies as for any
+                       entry point: run twice to see a warm start)
+  first_step_s         the first training step, its compile included
+  step_median_s        median of steps 2..TRAIN_STEPS; step_s lists them all
+  first_generate_s     the first generate call (compiles prefill and the decode loop)
+  process_done_unix    time.time() after the first generate (the whole process ends
+                       here; the driver subtracts its own start time)
+  time_to_first_token_s, decode_tokens_per_s   warm, streamed: tokens 2..N from the
+                       host times each token arrived (best of 2)
+  device_loop_tokens_per_s   warm, without a callback (the call less its prefill)
+"""
+import json
+import os
+import sys
+import time
+
+_T_START = time.perf_counter()
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from bliperax import cli  # pylint: disable=g-import-not-at-top
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_workload as wl  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Warm generations; the fastest is reported.",
+                                lower_bound=1)
+
+
+def _config():
+  """The trainer's config for the workload: `small` preset, float32, AdamW + clipping."""
+  from bliperax import configs  # pylint: disable=g-import-not-at-top
+  c = configs.base("small")
+  c.total_steps = wl.TRAIN_STEPS
+  c.optim.update(lr=wl.LR, warmup_steps=0, final_lr_ratio=1.0, b1=wl.BETAS[0],
+                 b2=wl.BETAS[1], eps=wl.EPS, weight_decay=wl.WEIGHT_DECAY,
+                 grad_clip=wl.GRAD_CLIP, freeze=("^vision/",))
+  c.mesh.update(data=1, fsdp=1, tensor=1)
+  c.train.update(global_batch=wl.TRAIN_BATCH)  # seq_len: set from the batches
+  return c
+
+
+def _examples(rows, model_cfg):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from bliperax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.data import batch_spec  # pylint: disable=g-import-not-at-top
+  dims = batch_spec.VisionDims.of(model_cfg)
+  return [batch_lib.expand(r.ids, r.labels,
+                           [batch_lib.prepare_image(Image.fromarray(r.image), model_cfg)],
+                           dims) for r in rows]
+
+
+def _train_batch(step: int, model_cfg) -> dict:
+  from bliperax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.data import batch_spec  # pylint: disable=g-import-not-at-top
+  out = batch_lib.collate(_examples(wl.train_rows(step), model_cfg), model_cfg,
+                          wl.PAD_ID, "right")
+  return {k: out[k] for k in batch_spec.TRAIN_KEYS}
+
+
+def main(argv):
+  del argv
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from bliperax import configs, sharding  # pylint: disable=g-import-not-at-top
+  from bliperax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.train.setup import TrainSetup  # pylint: disable=g-import-not-at-top
+  import_s = time.perf_counter() - _T_START
+
+  t0 = time.perf_counter()
+  cfg = _config()
+  model_cfg = configs.model_config(cfg)
+  batches = [_train_batch(i, model_cfg) for i in range(wl.TRAIN_STEPS)]
+  cfg.train.seq_len = int(batches[0]["tokens"].shape[1])
+  setup = TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  with setup.context():
+    state = setup.init_state(cfg.seed)
+    jax.block_until_ready(state)
+    build_s = time.perf_counter() - t0
+
+    step_s, losses = [], []
+    step = None
+    for i, batch in enumerate(batches):
+      t0 = time.perf_counter()
+      device_batch = setup.global_batch(batch)
+      if step is None:
+        step = setup.jit_step(device_batch)
+      state, metrics = step(state, device_batch)
+      losses.append(float(metrics["loss"]))  # waits for the step
+      step_s.append(time.perf_counter() - t0)
+  params = nn.meta.unbox(state.params)
+
+  prompt = batch_lib.collate(_examples([wl.prompt_row()], model_cfg), model_cfg, wl.PAD_ID,
+                             "left")
+  t0 = time.perf_counter()
+  generate_lib.generate(params, model_cfg, prompt, wl.NEW_TOKENS, eos_ids=())
+  first_generate_s = time.perf_counter() - t0
+  process_done_unix = time.time()
+
+  best = None
+  for _ in range(_REPEATS.value + 1):  # the first streamed call may compile
+    stamps = []
+    t0 = time.perf_counter()
+    generate_lib.generate(params, model_cfg, prompt, wl.NEW_TOKENS, eos_ids=(),
+                          on_token=lambda i, tok: stamps.append(time.perf_counter()))
+    rate, _ = wl.decode_rate(stamps)
+    if best is None or rate > best[1]:
+      best = (stamps[0] - t0, rate)
+  loop_s = None
+  for _ in range(_REPEATS.value):
+    t0 = time.perf_counter()
+    generate_lib.generate(params, model_cfg, prompt, wl.NEW_TOKENS, eos_ids=())
+    loop_s = min(loop_s or 1e9, time.perf_counter() - t0)
+  ttft, rate = best
+  print(json.dumps(dict(
+      impl="bliperax", import_s=round(import_s, 2), build_s=round(build_s, 2),
+      first_step_s=round(step_s[0], 3), step_median_s=round(wl.median(step_s[1:]), 4),
+      step_s=[round(s, 4) for s in step_s], final_loss=round(losses[-1], 4),
+      first_generate_s=round(first_generate_s, 3), process_done_unix=process_done_unix,
+      time_to_first_token_s=round(ttft, 4), decode_tokens_per_s=round(rate, 1),
+      device_loop_tokens_per_s=round((wl.NEW_TOKENS - 1) / max(loop_s - ttft, 1e-9), 1),
+      seq_len=cfg.train.seq_len, jax_version=jax.__version__,
+      backend=jax.default_backend(), cpus=os.cpu_count(),
+      compilation_cache=jax.config.jax_compilation_cache_dir or None,
+      workload=wl.summary())), flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)
