@@ -1,29 +1,154 @@
-"""The paper's training recipes as configs, for any model preset (sized for TPU slices)."""
+"""The paper's training stages as configs, for any model preset (bliperax/DESIGN.md §9).
+
+`pretrain`, `sft` and `sft_interleaved` each return the whole experiment of one stage:
+the paper's mixture (`mixtures.py`) under `root`, the parameters to start from
+(`init`), and the scale (bf16 compute with float32 master weights, scanned layers
+with full remat, FSDP over the slice, the stage's batch and sequence length).
+experiments/xgenmm_{4b,14b}/<stage>.py call them with their preset.
+
+Knobs (`file.py:k=v,...`):
+  root=DIR       the folder of shard sets (tools/build_shards.py --output=DIR/<folder>);
+                 required unless synthetic=1
+  init=DIR       the parameter checkpoint to start from: the backbones conversion
+                 (tools/convert_checkpoint.py --from=hf_backbones) for pre-training, the
+                 previous stage's export (python -m bliperax.export) after it; required,
+                 init=random starts from random weights
+  synthetic=1    deterministic synthetic batches instead of shards (AOT compiles,
+                 benchmarks: with init=random, `:synthetic=1,init=random`)
+  preset=tiny    the same recipe on the `tiny` model preset, 2 rows of 384 tokens per
+                 batch (CPU smoke tests; the 4B and 14B configs shrink to the same
+                 tiny configs)
+  steps, batch, seq, accum, remat, workers, and images (pre-training) or crops (SFT):
+                 total steps, global batch, tokens per row, gradient accumulation, remat
+                 policy, Grain worker processes, images (= crops) per row
+A missing root or init stops the config from loading, with one line naming the knob:
+a paper config never trains on synthetic data or from random weights unless told so.
+"""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import ml_collections
 
+from bliperax.configs import mixtures
 from bliperax.configs.base import base, parse_arg
 
+RANDOM_INIT = "random"
+_KNOBS = ("root", "init", "synthetic", "preset", "steps", "batch", "seq", "accum", "remat",
+          "workers")
+# preset=tiny: 2 rows of 384 tokens in every stage (4 anyres images of the tiny model
+# are 320 vision tokens); one row length, so the stages share their init compile.
+_TINY_BATCH, _TINY_SEQ = 2, 384
 
-def pretrain(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
-  """The pre-training recipe (bliperax/DESIGN.md §9) for a model preset, sized for a TPU slice.
 
-  Global batch 512 x 2048 tokens with 4 single-crop images per sequence, bf16 compute
-  with float32 master weights, scanned layers with full remat, FSDP over the slice.
-  Knobs: batch, seq, images, remat.
+def stage_knobs(arg: Optional[str], stage: str, preset: str, init_hint: str,
+                extra: Tuple[str, ...] = ()) -> Dict[str, str]:
+  """The knobs of `arg`, checked: no unknown knob, root (or synthetic=1) and init given.
+
+  Raises ValueError with one line naming every missing or unknown knob.
   """
   k = parse_arg(arg)
-  c = base(preset)
-  c.total_steps = 50_000
+  unknown = sorted(set(k) - set(_KNOBS) - set(extra))
+  if unknown:
+    raise ValueError(f"unknown knob(s) {', '.join(unknown)} for the {preset} {stage} config; "
+                     f"its knobs: {', '.join(_KNOBS + extra)}")
+  if k.get("preset", "tiny") != "tiny":
+    raise ValueError(f"preset={k['preset']}: the paper configs shrink only to preset=tiny")
+  missing = []
+  if not k.get("root") and not _flag(k, "synthetic"):
+    missing.append("root=DIR (the folder of shard sets that tools/build_shards.py wrote; "
+                   "synthetic=1 for AOT compiles and benchmarks)")
+  if not k.get("init"):
+    missing.append(f"init=DIR (a parameter checkpoint: {init_hint}; init=random for AOT "
+                   "compiles and benchmarks)")
+  if missing:
+    raise ValueError(f"the {preset} {stage} config needs {' and '.join(missing)}")
+  return k
+
+
+def _flag(k: Dict[str, str], name: str) -> bool:
+  return k.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def _stage(preset: str, k: Dict[str, str], mixture, *, steps: int, batch: int, seq: int,
+           crops: int, lr: float, warmup_steps: int,
+           weight_decay: float) -> ml_collections.ConfigDict:
+  """The config shared by every stage; `k` are checked knobs (`stage_knobs`)."""
+  tiny = "preset" in k
+  c = base("tiny" if tiny else preset)
+  c.total_steps = int(k.get("steps", steps))
   c.log_every = 50
   c.checkpoint_every = 1000
+  init = k["init"]
+  c.model.init_from = "" if init == RANDOM_INIT else init
   c.model.numerics.update(dtype="bfloat16", param_dtype="float32", scan_layers=True,
                           remat_policy=k.get("remat", "full"))
   c.mesh.update(data=1, fsdp=-1, tensor=1)
-  c.optim.update(lr=1e-4, warmup_steps=2000, weight_decay=0.05, final_lr_ratio=0.0)
-  c.train.update(global_batch=int(k.get("batch", 512)), seq_len=int(k.get("seq", 2048)),
-                 accum_steps=1, images_per_row=int(k.get("images", 4)))
+  # The ViT stays frozen (base's optim.freeze): the resampler and the LM train.
+  c.optim.update(lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                 final_lr_ratio=0.0)
+  # images_per_row: the crops (= resampler groups) per row that tools/aot_compile.py
+  # compiles for, equal to the pipeline's data.max_crops so both see one shape.
+  c.train.update(global_batch=int(k.get("batch", _TINY_BATCH if tiny else batch)),
+                 seq_len=int(k.get("seq", _TINY_SEQ if tiny else seq)),
+                 accum_steps=int(k.get("accum", 1)), images_per_row=crops)
+  if _flag(k, "synthetic"):
+    c.data = ml_collections.ConfigDict(dict(kind="synthetic", seed=0))
+  else:
+    c.data = mixtures.grain_data(mixtures.sources_config(mixture, k["root"]),
+                                 max_crops=crops, worker_count=int(k.get("workers", 8)))
+  return c
+
+
+def pretrain(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Pre-training: the paper's mixture, one 384 px crop per image, resampler + LM trained.
+
+  Global batch 512 x 2048 tokens; up to 16 images per row (16 x 128 vision tokens
+  fill a row, so the token budget, not the crop count, ends a packed row); 50,000
+  steps (~52B tokens); lr 1e-4 after 2000 warmup steps, cosine to 0, weight decay
+  0.05 (the paper publishes neither: this project's choice). Extra knob: images.
+  """
+  k = stage_knobs(arg, "pretrain", preset, "the backbones conversion, "
+                  "tools/convert_checkpoint.py --from=hf_backbones", extra=("images",))
+  return _stage(preset, k, mixtures.PRETRAIN, steps=50_000, batch=512, seq=2048,
+                crops=int(k.get("images", 16)), lr=1e-4, warmup_steps=2000, weight_decay=0.05)
+
+
+def _sft_eval(c: ml_collections.ConfigDict, k: Dict[str, str]) -> None:
+  """`python -m bliperax.evaluate` reads held-out chat sets from ROOT/heldout/<task>."""
+  if k.get("root"):
+    c.eval = ml_collections.ConfigDict(dict(
+        root=f"{k['root'].rstrip('/')}/heldout", tasks="", anyres="", max_new_tokens=16,
+        batch_size=64))
+
+
+def sft(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """SFT: ~1M instruction chats, anyres, from the pre-training export.
+
+  The reference's SFT example: lr 2e-5, 2000 warmup steps, weight decay 0, batch 64;
+  rows of 4096 tokens with up to 20 crops (4 images of at most 1 + 4 crops); 4000
+  steps, about one epoch of 1M samples at ~4 packed samples per row (set steps= for
+  your shards). Extra knob: crops.
+  """
+  k = stage_knobs(arg, "sft", preset, "the pre-training export, python -m bliperax.export",
+                  extra=("crops",))
+  c = _stage(preset, k, mixtures.SFT, steps=4000, batch=64, seq=4096,
+             crops=int(k.get("crops", 20)), lr=2e-5, warmup_steps=2000, weight_decay=0.0)
+  _sft_eval(c, k)
+  return c
+
+
+def sft_interleaved(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Interleaved SFT: multi-image chats (MANTIS, MMDU) plus part of the SFT set, anyres.
+
+  From the SFT export, with the SFT recipe's lr, batch and rows (the paper gives no
+  numbers of its own): at most 4 images per sample, 20 crops per row; 2000 steps with
+  200 warmup steps (placeholders, this project's choice: set steps= for your shards).
+  Extra knob: crops.
+  """
+  k = stage_knobs(arg, "sft_interleaved", preset, "the SFT export, python -m bliperax.export",
+                  extra=("crops",))
+  c = _stage(preset, k, mixtures.SFT_INTERLEAVED, steps=2000, batch=64, seq=4096, crops=int(k.get("crops", 20)), lr=2e-5, warmup_steps=200,
+             weight_decay=0.0)
+  _sft_eval(c, k)
   return c

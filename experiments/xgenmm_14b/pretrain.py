@@ -1,9 +1,12 @@
-"""xGen-MM 14B pre-training: the 4B recipe with a Phi-3-medium decoder (GQA, 10 kv heads).
+r"""xGen-MM 14B pre-training: the 4B recipe with a Phi-3-medium decoder (GQA, 10 kv heads).
 
-Global batch 512 x 2048 tokens, 4 images per sequence, bf16 compute / float32 master
-weights, scanned layers, full remat, FSDP. Sized for a TPU v5p-128:
+  python -m bliperax.train --config=experiments/xgenmm_14b/pretrain.py:root=DATA,init=CKPT/backbones \
+      --workdir=CKPT/pretrain
 
-  python tools/aot_compile.py --config=experiments/xgenmm_14b/pretrain.py --topology=v5p-128
+Batch 512 x 2048 tokens, up to 16 base crops per row, bf16 / float32 master weights,
+scan + full remat, FSDP; sized for a TPU v5p-128 (`python tools/aot_compile.py
+--config=experiments/xgenmm_14b/pretrain.py:synthetic=1,init=random --topology=v5p-128`).
+Knobs: bliperax/configs/recipes.py.
 """
 from bliperax import configs
 
