@@ -23,6 +23,7 @@ from bliperax.data.synthetic import SyntheticSource
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
 from bliperax.train import flops as flops_lib
+from bliperax.train import inputs as inputs_lib
 from bliperax.train import metrics as metrics_lib
 from bliperax.train.setup import TrainSetup, vision_frozen
 from bliperax.train.step import TrainState
@@ -128,12 +129,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   (the workdir holds another run) before anything is created or compiled.
   """
   check_config(cfg)
+  try:  # which init and data the run reads, recorded with the config (train/inputs.py)
+    inputs = inputs_lib.describe(cfg)
+  except ValueError as e:
+    raise InvalidRun(str(e)) from e
   workdir_path = pathlib.Path(workdir)
   prepare_workdir(workdir_path)
-  # Resume only the run this workdir was made with (same config and code); where it
-  # runs (mesh, processes) may change: checkpoints reshard on restore. A run that
-  # stopped before its first checkpoint left nothing to resume: its record yields.
-  run_record.check_or_write(workdir_path, run_record.make(cfg), "training run",
+  # Resume only the run this workdir was made with (same config, code, init and data);
+  # where it runs (mesh, processes) may change: checkpoints reshard on restore. A run
+  # that stopped before its first checkpoint left nothing to resume: its record yields.
+  run_record.check_or_write(workdir_path, run_record.make(cfg, **inputs), "training run",
                             ignore=("config.mesh", "config.distributed"),
                             resumable=ckpt_lib.has_checkpoint(workdir_path / "checkpoints"))
   dist = cfg.get("distributed", ml_collections.ConfigDict())
