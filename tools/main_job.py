@@ -5,7 +5,7 @@ r"""The main job on one CPU: digits data -> pre-train -> fine-tune -> evaluate -
 Stages (each the real entry point, run as a subprocess so its output streams):
   1. tools/make_digits.py             shard sets under WORKDIR/data
   2. python -m bliperax.train         caption pre-training  -> WORKDIR/pretrain
-  3. export of its params             -> WORKDIR/pretrain_params (the SFT's init_from)
+  3. python -m bliperax.export        its params -> WORKDIR/pretrain_params (the SFT's init_from)
   4. python -m bliperax.train         chat fine-tuning      -> WORKDIR/sft
   5. python -m bliperax.evaluate      every task (reading with anyres) -> eval.json
   6. python -m bliperax.evaluate      reading, base crop only          -> eval_base.json
@@ -189,9 +189,9 @@ def _stages(work: pathlib.Path):
 
   init = work / "pretrain_params"
   def export():
-    print(f"\n=== 3/6 export the pre-trained params -> {init}", flush=True)
-    from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
-    checkpoints.export(work / "pretrain", init)
+    _run("3/6 export the pre-trained params", [
+        sys.executable, "-m", "bliperax.export", f"--checkpoint={work / 'pretrain'}",
+        f"--output={init}"])
   export_rec = stage("export", "3/6 export the pre-trained params", run_record.make(
       extra_code=job, pretrain=run_record.digest(pre_rec)), [init], export)
 

@@ -3,7 +3,8 @@
 Layout of a directory written by `save_params`:
   params/         Orbax PyTree checkpoint (OCDBT) of numpy/jax arrays; restorable with
                   `ocp.StandardCheckpointer`
-  bliperax.json   {"format": 1, "model": <XGenMMConfig dict>, "hf_config": <source config.json>}
+  bliperax.json   {"format": 1, "model": <XGenMMConfig dict>, "hf_config": <source config.json>,
+                   "source": <what it was made from, optional: an export's workdir and step>}
 The directory appears only when complete (written beside it, then renamed).
 
 Memory (one copy of the weights, measured on a float32 4B model: 16.2 GiB of weights,
@@ -102,7 +103,7 @@ class _DiskProgress:
 
 def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
                 hf_config: Optional[dict] = None, overwrite: bool = False,
-                progress: bool = False) -> pathlib.Path:
+                progress: bool = False, source: Optional[dict] = None) -> pathlib.Path:
   """Writes `params` (numpy or jax arrays) and the model card to the directory `dst`.
 
   Args:
@@ -112,6 +113,8 @@ def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
     hf_config: the HF config.json the weights came from, kept for a later export.
     overwrite: replace a non-empty `dst` (only once the new one is complete).
     progress: show a progress bar (bytes written).
+    source: what the parameters were made from (an export's training workdir and
+      step), kept in the card as "source" so a run started from them can say so.
   Returns:
     `dst` as an absolute path.
   Raises:
@@ -132,6 +135,8 @@ def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
       # array). Unchunked, it writes straight from the array.
       ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params, ocdbt_target_data_file_size=0))
     card = {"format": FORMAT, "model": config_lib.to_dict(cfg), "hf_config": hf_config}
+    if source is not None:
+      card["source"] = source
     (tmp / CARD).write_text(json.dumps(card, indent=1))
   return dst
 

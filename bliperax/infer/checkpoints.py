@@ -68,7 +68,31 @@ def load(path: str | os.PathLike) -> Tuple[dict, XGenMMConfig]:
   return state["params"], model_cfg
 
 
+def source_of(path: str | os.PathLike) -> dict:
+  """What `load(path)` reads, for an export's card: the checkpoint it came from.
+
+  A training checkpoint: {"workdir", "step", "run_record"} (the sha256 of the
+  workdir's run_record.json, which names the run's config, code, init and data);
+  a parameter checkpoint: {"params": path}.
+  """
+  from bliperax import run_record  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path).absolute()
+  if (path / params_io.CARD).exists():
+    return {"params": str(path)}
+  step_dir = _step_dir(path)
+  workdir = step_dir.parent.parent  # WORKDIR/checkpoints/<step>
+  record = workdir / run_record.FILENAME
+  return {"workdir": str(workdir), "step": int(step_dir.name),
+          "run_record": (run_record.digest(json.loads(record.read_text()))
+                         if record.exists() else None)}
+
+
 def export(path: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
-  """Writes the params at `path` as a parameter checkpoint (for `model.init_from`)."""
+  """Writes the params at `path` as a parameter checkpoint (for `model.init_from`).
+
+  The card records where they came from (`source_of`); `dst` is replaced only once
+  the new checkpoint is complete.
+  """
   params, model_cfg = load(path)
-  return params_io.save_params(dst, params, model_cfg, overwrite=True)
+  return params_io.save_params(dst, params, model_cfg, overwrite=True,
+                               source=source_of(path))
