@@ -73,7 +73,7 @@ def main(argv):
   except ValueError as e:  # undecodable image, markers vs images
     names = ", ".join(_IMAGES.value) or "none"
     return _fail(f"{e} (images: {names})")
-  batch = batch_lib.collate([example], model_cfg, tokenizer.pad_id, side="left")
+  batch = batch_lib.collate_prompts([example], model_cfg, tokenizer.pad_id)
   emitted = []
 
   def stream(step, tokens):

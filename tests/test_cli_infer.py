@@ -102,6 +102,27 @@ def test_kv_cache_generate_equals_full_recomputation(trained, images):
   np.testing.assert_array_equal(cached, np.stack(expected, axis=1))
 
 
+def test_batched_bucketed_answers_equal_one_by_one(trained, images):
+  """evaluate.answer in sorted, bucketed batches (a short last batch filled up) gives
+  each prompt the answer it gets alone, in the order given."""
+  _, params, cfg = trained
+  tokenizer = tokenizer_lib.Tokenizer()
+  from PIL import Image
+  digit = [Image.open(p) for p in images["digits"]]
+  prompts = [("<image>\nRead the number.", [Image.open(images["wide"])], True),
+             ("<image>\n<image>\nWhat is the sum of these digits?", digit, False),
+             ("<image>\nWhich digit is this?", digit[:1], False),
+             ("What is two plus two?", [], False),
+             ("<image>\nWhich digit is this? Answer with one word, please.", digit[1:], True)]
+  examples = [eval_lib.prompt_example(text, imgs, cfg, tokenizer, anyres=anyres)
+              for text, imgs, anyres in prompts]
+  batched = eval_lib.answer(params, cfg, examples, tokenizer, 6, batch_size=3)
+  alone = [eval_lib.answer(params, cfg, [e], tokenizer, 6, batch_size=1)[0]
+           for e in examples]
+  assert batched == alone
+  assert len(set(alone)) > 1  # the prompts get different answers: order is checked
+
+
 @pytest.mark.slow  # two CLI compiles; the decoding itself is covered above
 def test_generate_cli_streams_greedy_and_sampled(trained, images):
   run, _, _ = trained

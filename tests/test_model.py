@@ -128,34 +128,6 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
 
 
-def _naive_greedy(params, cfg, prompt, steps):
-  """Greedy tokens by re-running the whole model (no cache) on the growing sequence."""
-  model = xgenmm.XGenMM(cfg)
-  batch = {k: np.asarray(v) for k, v in batch_spec.model_inputs(prompt).items()}
-  unused_slot = batch["vision_slots"] >= batch["tokens"].shape[1]  # padding: one past the end
-  out = []
-  for _ in range(steps):
-    batch["vision_slots"] = np.where(unused_slot, batch["tokens"].shape[1],
-                                     batch["vision_slots"])
-    token = np.argmax(np.asarray(model.apply({"params": params}, **batch))[:, -1], axis=-1)
-    out.append(token.astype(np.int32))
-    batch["tokens"] = np.concatenate([batch["tokens"], token[:, None]], axis=1)
-    batch["positions"] = np.concatenate(
-        [batch["positions"], batch["positions"][:, -1:] + 1], axis=1)
-    batch["segment_ids"] = np.concatenate(
-        [batch["segment_ids"], np.ones_like(token)[:, None]], axis=1)
-  return np.stack(out, axis=1)
-
-
-def test_device_loop_decodes_what_the_uncached_model_predicts():
-  """The cached device loop's greedy tokens == argmax of full forwards without a cache."""
-  cfg = presets.get("tiny_gqa")
-  params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
-  prompt = _random_batch(cfg, 7, side="left")
-  got = generate_lib.generate(params, cfg, prompt, 5, eos_ids=())
-  np.testing.assert_array_equal(got, _naive_greedy(params, cfg, prompt, 5))
-
-
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_streaming_sees_every_token_and_decodes_the_same(temperature):
   """on_token gets each step's tokens in order while the device loop runs, and the

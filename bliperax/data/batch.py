@@ -179,3 +179,40 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
   else:
     batch["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
   return batch
+
+
+def bucket(n: int, smallest: int = 16) -> int:
+  """The static size that n pads to: `smallest` (a power of two or 1.5 times one), then
+  2^k and 1.5 * 2^k in turn.
+
+  24, 32, 48, 64, 96, ...: at most a third of a bucket is padding, and prompts of
+  any length compile O(log T) shapes rather than one per length.
+  """
+  size = smallest
+  while size < n:
+    if size & (size - 1):  # 1.5 * 2^k -> 2^(k+1)
+      size = size // 3 * 4
+    else:  # 2^k -> 1.5 * 2^k (1 -> 2)
+      size = max(size + size // 2, 2)
+  return size
+
+
+def collate_prompts(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
+                    rows: Optional[int] = None) -> dict:
+  """Left-padded generation prompts in bucketed static shapes (`bucket`).
+
+  Length, crops and groups are each rounded up to their bucket; with `rows` the batch
+  is filled up to that many rows with copies of the last example (callers drop their
+  outputs), so every batch of a run has the same row count. Equal tokens out to
+  `collate(..., side="left")`'s for the real rows: padding is masked.
+  """
+  if not examples:
+    raise ValueError("no prompts to collate")
+  rows = rows or len(examples)
+  if rows < len(examples):
+    raise ValueError(f"{len(examples)} prompts do not fit in {rows} rows")
+  filled = list(examples) + [examples[-1]] * (rows - len(examples))
+  return collate(filled, cfg, pad_id, side="left",
+                 length=bucket(max(len(e.tokens) for e in examples)),
+                 num_crops=bucket(max(len(e.crops) for e in examples), smallest=1),
+                 num_groups=bucket(max(len(e.group_index) for e in examples), smallest=1))

@@ -82,22 +82,27 @@ def answer_text(ids: Sequence[int], tokenizer: tokenizer_lib.Tokenizer) -> str:
 def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example],
            tokenizer: tokenizer_lib.Tokenizer, max_new_tokens: int, batch_size: int,
            progress: Optional[Callable[[int], None]] = None) -> list[str]:
-  """Greedy answers to prompts, in batches of one static shape (the last one padded)."""
-  length = max(len(e.tokens) for e in examples)
-  crops = max(1, max(len(e.crops) for e in examples))  # text-only prompts have none
-  groups = max(1, max(len(e.group_index) for e in examples))
-  outputs = []
-  for start in range(0, len(examples), batch_size):
-    chunk = list(examples[start:start + batch_size])
-    real = len(chunk)
-    chunk += [chunk[-1]] * (min(batch_size, len(examples)) - real)  # same shape every batch
-    prompt = batch_lib.collate(chunk, model_cfg, tokenizer.pad_id, side="left",
-                               length=length, num_crops=crops, num_groups=groups)
+  """Greedy answers to prompts, in the order given.
+
+  Prompts run in batches of `batch_size` rows sorted by length, each collated to its
+  bucketed shape (`batch.collate_prompts`): little padding, and a handful of compiled
+  shapes for any mix of prompt lengths.
+  """
+  order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
+  rows = min(batch_size, len(examples))
+  outputs: list[Optional[str]] = [None] * len(examples)
+  done = 0
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    prompt = batch_lib.collate_prompts([examples[i] for i in chunk], model_cfg,
+                                       tokenizer.pad_id, rows=rows)
     ids = generate_lib.generate(params, model_cfg, prompt, max_new_tokens,
                                 eos_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id)
-    outputs += [answer_text(row, tokenizer) for row in ids[:real]]
+    for i, row in zip(chunk, ids):
+      outputs[i] = answer_text(row, tokenizer)
+    done += len(chunk)
     if progress:
-      progress(len(outputs))
+      progress(done)
   return outputs
 
 
