@@ -15,6 +15,7 @@ def test_bench_train_step_prints_its_measurements_as_json():
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["preset"] == "tiny"
+  assert (result["data"], result["init"]) == ("synthetic", "random")
   assert (result["global_batch"], result["seq_len"], result["steps"]) == (2, 32, 2)
   assert result["ms_per_step"] > 0 and result["compile_s"] > 0
   assert result["user_ms_per_step"] >= 0 and result["sys_ms_per_step"] >= 0

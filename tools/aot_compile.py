@@ -1,8 +1,16 @@
 """Compile the real training step for a TPU topology on a CPU host (libtpu compile-only path).
 
-  python tools/aot_compile.py --config=experiments/xgenmm_4b/pretrain.py --topology=v5e-256
-  python tools/aot_compile.py --config=experiments/xgenmm_14b/pretrain.py --topology=v5p-128
+  python tools/aot_compile.py --config=experiments/xgenmm_4b/pretrain.py:synthetic=1,init=random \
+      --topology=v5e-256
+  python tools/aot_compile.py --config=experiments/xgenmm_14b/sft.py:synthetic=1,init=random \
+      --topology=v5p-128
   python tools/aot_compile.py --config=... --topology=v6e-256 --num_slices=2   # multi-slice
+
+A compile reads no data and no weights (the batch and the state are abstract), so
+the paper configs, which refuse to load without root= and init=, are compiled with
+the explicit `:synthetic=1,init=random`; the tool prints the config's data kind and
+init beside the result. Rows have `train.images_per_row` crops (= resampler groups):
+the paper configs set it to their pipeline's data.max_crops.
 
 Needs libtpu (`pip install -e ".[tpu]"`), no TPU: jax builds the topology's devices
 from libtpu's description, and the step is lowered with abstract, sharded inputs
@@ -102,6 +110,10 @@ def main(argv):
         f"({devices[0].device_kind})", flush=True)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   print(f"mesh {dict(mesh.shape)}", flush=True)
+  data_kind = cfg.data.get("kind", "synthetic")
+  init = cfg.model.get("init_from") or "random"
+  print(f"data {data_kind}, init {init}: the compile reads neither (abstract batch and "
+        "state)", flush=True)
   setup = TrainSetup.build(cfg, mesh)
   # Pre-training rows: each image one base crop and one resampler group.
   n_img = cfg.train.get("images_per_row", 1)
@@ -139,7 +151,7 @@ def main(argv):
       "model_flops_per_step": model_flops["total"],
       "compiler_flops_per_chip": cost.get("flops"),
       "step_seconds_at_peak": step_at_peak,
-      "compile_seconds": compile_s,
+      "compile_seconds": compile_s, "data": data_kind, "init": init,
   }
   # Raw, for reference only: XLA counts a scanned layer body once, so its time estimate
   # (and any MFU derived from it) is far too optimistic for scanned models.

@@ -2,6 +2,8 @@ r"""Time the trainer's compiled step on real batches of a config; prints one JSO
 
   python tools/bench_train_step.py --config=experiments/digits/sft.py:root=/tmp/digits \
       [--steps=20] [--config.train.loss_tokens_per_row=24]
+  python tools/bench_train_step.py \
+      --config=experiments/xgenmm_4b/sft.py:synthetic=1,init=random,preset=tiny --steps=5
 
 Builds the trainer's state, data source and jitted step exactly as
 `python -m bliperax.train` does, draws steps+1 batches up front (so data loading
@@ -11,6 +13,13 @@ time and minor page faults per step, and XLA's temporary-buffer size: on CPU a
 large `sys_ms_per_step` with ~temp_bytes/4096 faults per step means the
 allocator hands the temporaries back to the kernel after every step (see
 bliperax/host_memory.py). Compare runs on the same machine only.
+
+The state is always freshly initialised (a step's cost does not depend on the
+weights), so the paper configs, which refuse to load without root= and init=, are
+benchmarked with the explicit `init=random`, and with `synthetic=1` where no shards
+are at hand (synthetic rows hold one crop each; the rows of real shards, e.g. of
+`python -m bliperax.data.example_shards --layout=paper`, hold the config's
+data.max_crops); the JSON line says which data and init it ran.
 """
 import json
 import os
@@ -67,6 +76,7 @@ def main(argv):
   memory = step.memory_analysis()
   print(json.dumps(dict(
       preset=cfg.model.preset,
+      data=cfg.data.get("kind", "synthetic"), init="random",
       global_batch=cfg.train.global_batch, seq_len=cfg.train.seq_len,
       loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0), steps=steps,
       compile_s=round(compile_s, 2), ms_per_step=round(1000 * seconds / steps, 1),
