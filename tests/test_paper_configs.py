@@ -91,6 +91,19 @@ def test_unknown_knobs_and_the_train_cli_stop_in_one_line(tmp_path):
   assert not workdir.exists()
 
 
+def test_a_missing_init_or_shard_folder_stops_the_trainer_before_it_creates_anything(
+    tmp_path, paper_data):
+  from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  no_init = _config("xgenmm_4b", "sft", f"root={paper_data},init={tmp_path / 'nope'},preset=tiny")
+  with pytest.raises(trainer.InvalidRun, match="model.init_from.*nope"):
+    trainer.train(no_init, str(workdir))
+  no_data = _config("xgenmm_4b", "sft", f"root={tmp_path / 'empty'},init=random,preset=tiny")
+  with pytest.raises(trainer.InvalidRun, match="data source 'sft'.*empty/sft_1m"):
+    trainer.train(no_data, str(workdir))
+  assert not workdir.exists()
+
+
 @pytest.fixture(name="compilation_cache")
 def _compilation_cache(tmp_path):
   """JAX's persistent compilation cache in a folder of the test's own, then off again.
@@ -143,7 +156,7 @@ def test_the_paper_layout_has_every_mixture_folder(paper_data):
       assert min(len(s.images) for s in samples) >= 2
 
 
-def _tiny_backbones(path: pathlib.Path) -> pathlib.Path:
+def _tiny_backbones(path: pathlib.Path, preset: str = "tiny") -> pathlib.Path:
   """A random tiny parameter checkpoint: the stand-in for the backbones conversion.
 
   Drawn with numpy on the abstract parameter tree (nothing to compile), unscanned
@@ -153,7 +166,7 @@ def _tiny_backbones(path: pathlib.Path) -> pathlib.Path:
   from bliperax.convert import params_io  # pylint: disable=g-import-not-at-top
   from bliperax.models import presets  # pylint: disable=g-import-not-at-top
   from bliperax.models import xgenmm  # pylint: disable=g-import-not-at-top
-  cfg = presets.tiny()
+  cfg = presets.get(preset)
   rng = np.random.default_rng(0)
   flat = layout.flatten(params_io.flax_unbox(xgenmm.abstract_params(cfg)))
   params = {k: (0.02 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in flat.items()}
@@ -182,6 +195,11 @@ def test_the_stages_chain_on_the_tiny_paper_shards(paper_data, compilation_cache
   from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
   knobs = f"root={paper_data},preset=tiny,steps=2,workers=0"
   init, prev = _tiny_backbones(tmp_path / "backbones"), None
+  # Another model's weights stop the run in one line, before the step compiles.
+  other = _tiny_backbones(tmp_path / "gqa_backbones", "tiny_gqa")
+  with pytest.raises(trainer.InvalidRun, match=r"parameter lm/.* has shape"):
+    trainer.train(_config("xgenmm_4b", "pretrain", f"{knobs},init={other}"),
+                  str(tmp_path / "other"))
   for stage in STAGES:
     cfg = _config("xgenmm_4b", stage, f"{knobs},init={init}")
     workdir = tmp_path / stage

@@ -268,8 +268,13 @@ def test_main_job_fresh_removes_only_a_main_job_workdir(tmp_path, main_job):
 def test_a_run_that_stopped_before_its_first_checkpoint_yields_to_a_fixed_config(tmp_path):
   """Nothing to resume: the rerun with the corrected config trains instead of refusing."""
   workdir = tmp_path / "run"
-  broken = _trainer(workdir, f"--config.model.init_from={tmp_path / 'no_params'}")
-  assert broken.returncode != 0 and "no_params" in broken.stderr
+  # A missing init is refused before anything is created (train/inputs.py) ...
+  missing = _trainer(workdir, f"--config.model.init_from={tmp_path / 'no_params'}")
+  assert missing.returncode != 0 and "no_params" in missing.stderr
+  assert not workdir.exists()
+  # ... rows too short for an image fail later, once the run is recorded.
+  broken = _trainer(workdir, "--config.train.seq_len=8")
+  assert broken.returncode != 0 and "seq_len 8" in broken.stderr
   assert (workdir / run_record.FILENAME).exists()  # recorded before it failed
   fixed = _trainer(workdir)
   assert fixed.returncode == 0, fixed.stderr[-3000:]

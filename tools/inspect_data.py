@@ -1,6 +1,6 @@
 r"""Prints decoded training batches and writes a contact sheet of their crops.
 
-  python tools/inspect_data.py --config=experiments/data_example.py:tiny=1 --num=2 \
+  python tools/inspect_data.py --config=experiments/data_example.py:root=/tmp/bliperax_example_shards --num=2 \
       [--out=/tmp/crops.png] [--rows=4] [--color=auto]
 
 For each row of the first --num batches (built exactly as the trainer builds

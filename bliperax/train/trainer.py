@@ -78,8 +78,13 @@ def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
     flat_new = (layout.stack_layers(flat_new) if layout.is_scanned(flat_old)
                 else layout.unstack_layers(flat_new))
   if set(flat_new) != set(flat_old):
-    raise ValueError(f"{path}: parameters do not match the model config "
+    raise InvalidRun(f"{path}: parameters do not match the model config "
                      f"(differ in {sorted(set(flat_new) ^ set(flat_old))[:5]})")
+  for key in sorted(flat_new):  # e.g. a 14B checkpoint given to a 4B config
+    if tuple(np.shape(flat_new[key])) != tuple(flat_old[key].shape):
+      raise InvalidRun(f"model.init_from {path}: parameter {key} has shape "
+                       f"{tuple(np.shape(flat_new[key]))}, the model config's is "
+                       f"{tuple(flat_old[key].shape)}")
   flat_sh = layout.flatten(shardings.params)
   placed = {k: jax.device_put(np.asarray(v).astype(flat_old[k].dtype), flat_sh[k])
             for k, v in flat_new.items()}
