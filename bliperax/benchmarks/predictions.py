@@ -70,6 +70,15 @@ def load(path: Union[str, pathlib.Path], benchmark: Benchmark) -> Dict[str, Tupl
   return out
 
 
+def records(benchmark: Benchmark, samples: Sequence[Sample], texts: Sequence[str]
+            ) -> List[Dict[str, object]]:
+  """The official results format of `texts` (one per sample): what `load` reads."""
+  if len(samples) != len(texts):
+    raise ValueError(f"{len(texts)} texts for {len(samples)} samples")
+  return [{benchmark.id_keys[0]: s.id, benchmark.text_key: t}
+          for s, t in zip(samples, texts)]
+
+
 def align(samples: Sequence[Sample], predictions: Dict[str, Tuple[object, str]],
           benchmark: Benchmark, path: Union[str, pathlib.Path], partial: bool = False
           ) -> Tuple[List[Sample], List[str]]:

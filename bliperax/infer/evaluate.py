@@ -51,7 +51,7 @@ def questions_from_shards(paths, limit: int = 0) -> list[Question]:
 def prompt_example(question: str, images: Sequence, model_cfg: XGenMMConfig,
                    tokenizer: tokenizer_lib.Tokenizer, anyres: bool,
                    system: Optional[str] = None) -> batch_lib.Example:
-  """A generation prompt with its images expanded into vision slots.
+  """A chat generation prompt with its images expanded into vision slots.
 
   Args:
     question: the user turn, with one `<image>` per image.
@@ -59,21 +59,48 @@ def prompt_example(question: str, images: Sequence, model_cfg: XGenMMConfig,
   Raises:
     ValueError: an image does not decode, or markers and images disagree.
   """
-  pil = [decode_image(im) if isinstance(im, bytes) else im.convert("RGB") for im in images]
-  n_markers = question.count(tokenizer_lib.IMAGE_TOKEN)
-  if n_markers != len(pil):
-    raise ValueError(f"the prompt has {n_markers} {tokenizer_lib.IMAGE_TOKEN} marker(s) but "
-                     f"{len(pil)} image(s) were given")
+  _check_markers(question, images)
   rendered = chat_lib.render_chat([question], tokenizer, system=system)
+  return _with_images(rendered.ids, images, model_cfg, anyres)
+
+
+def text_example(text: str, images: Sequence, model_cfg: XGenMMConfig,
+                 tokenizer: tokenizer_lib.Tokenizer, anyres: bool) -> batch_lib.Example:
+  """A generation prompt of raw interleaved text (no chat template): the base model's
+  few-shot prompts (`bliperax.benchmarks.fewshot`), `<image>` where each image goes.
+
+  The text is tokenized as one string, as the reference tokenizes its few-shot
+  samples (bliperax/DESIGN.md §5): no BOS, no lone `▁` before a leading `<image>`.
+  Raises:
+    ValueError: an image does not decode, or markers and images disagree.
+  """
+  _check_markers(text, images)
+  return _with_images(tokenizer.encode(text), images, model_cfg, anyres)
+
+
+def _check_markers(text: str, images: Sequence) -> None:
+  n_markers = text.count(tokenizer_lib.IMAGE_TOKEN)
+  if n_markers != len(images):
+    raise ValueError(f"the prompt has {n_markers} {tokenizer_lib.IMAGE_TOKEN} marker(s) but "
+                     f"{len(images)} image(s) were given")
+
+
+def _with_images(ids: Sequence[int], images: Sequence, model_cfg: XGenMMConfig,
+                 anyres: bool) -> batch_lib.Example:
+  """ids with each `<image>` expanded into its image's vision slots (PIL or bytes)."""
+  pil = [decode_image(im) if isinstance(im, bytes) else im.convert("RGB") for im in images]
   vision = [batch_lib.prepare_image(im, model_cfg, anyres) for im in pil]
-  return batch_lib.expand(rendered.ids, None, vision, batch_spec.VisionDims.of(model_cfg))
+  return batch_lib.expand(ids, None, vision, batch_spec.VisionDims.of(model_cfg))
 
 
-def answer_text(ids: Sequence[int], tokenizer: tokenizer_lib.Tokenizer) -> str:
-  """Generated ids -> text up to the first end token, specials dropped, stripped."""
+def answer_text(ids: Sequence[int], tokenizer: tokenizer_lib.Tokenizer,
+                eos_ids: Optional[Sequence[int]] = None) -> str:
+  """Generated ids -> text up to the first end token (default `tokenizer.eos_ids`),
+  specials dropped, stripped."""
+  stops = set(tokenizer.eos_ids if eos_ids is None else eos_ids)
   out = []
   for t in ids:
-    if int(t) in tokenizer.eos_ids:
+    if int(t) in stops:
       break
     out.append(int(t))
   return tokenizer.decode(out, skip_special_tokens=True).strip()
@@ -81,13 +108,16 @@ def answer_text(ids: Sequence[int], tokenizer: tokenizer_lib.Tokenizer) -> str:
 
 def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example],
            tokenizer: tokenizer_lib.Tokenizer, max_new_tokens: int, batch_size: int,
-           progress: Optional[Callable[[int], None]] = None) -> list[str]:
+           progress: Optional[Callable[[int], None]] = None,
+           eos_ids: Optional[Sequence[int]] = None) -> list[str]:
   """Greedy answers to prompts, in the order given.
 
   Prompts run in batches of `batch_size` rows sorted by length, each collated to its
   bucketed shape (`batch.collate_prompts`): little padding, and a handful of compiled
-  shapes for any mix of prompt lengths.
+  shapes for any mix of prompt lengths. Each row stops at its first `eos_ids` token
+  (default `tokenizer.eos_ids`; few-shot prompts add `<|endofchunk|>`).
   """
+  eos_ids = tuple(tokenizer.eos_ids if eos_ids is None else eos_ids)
   order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
   rows = min(batch_size, len(examples))
   outputs: list[Optional[str]] = [None] * len(examples)
@@ -97,9 +127,9 @@ def answer(params, model_cfg: XGenMMConfig, examples: Sequence[batch_lib.Example
     prompt = batch_lib.collate_prompts([examples[i] for i in chunk], model_cfg,
                                        tokenizer.pad_id, rows=rows)
     ids = generate_lib.generate(params, model_cfg, prompt, max_new_tokens,
-                                eos_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id)
+                                eos_ids=eos_ids, pad_id=tokenizer.pad_id)
     for i, row in zip(chunk, ids):
-      outputs[i] = answer_text(row, tokenizer)
+      outputs[i] = answer_text(row, tokenizer, eos_ids)
     done += len(chunk)
     if progress:
       progress(done)
