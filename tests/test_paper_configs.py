@@ -1,12 +1,12 @@
 """The 4B and 14B paper stage configs: required knobs, and the whole chain on tiny shards.
 
 Every stage config refuses to load without root= (or synthetic=1) and init= (or
-init=random), in one line naming the knob. Then each model's chain runs on CPU with
-`preset=tiny` (the same configs, tiny shapes, 2 rows of 256/512 tokens) on the tiny
+init=random), in one line naming the knob. Then the chain runs on CPU with
+`preset=tiny` (the same configs, tiny shapes, 2 rows of 384 tokens) on the tiny
 paper-layout shards of `python -m bliperax.data.example_shards --layout=paper`:
-pretrain (2 steps, from a tiny stand-in for the backbones conversion) -> export ->
-SFT (2 steps) -> export -> interleaved SFT (2 steps), each export through
-`python -m bliperax.export`, and each run's workdir records its init and data.
+pretrain (2 steps, from a tiny stand-in for the backbones conversion) -> export
+(`python -m bliperax.export`) -> SFT (2 steps) -> export -> interleaved SFT (2
+steps), and each run's workdir records its init and data.
 
 The 14B configs shrink to exactly the 4B tiny configs (checked), so the chain runs
 once. Time: about a minute on 2 cores, nearly all of it XLA compiling: one state
