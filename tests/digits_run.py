@@ -6,18 +6,22 @@ check the plumbing and the decoding, not accuracy.
 """
 import atexit
 import functools
+import importlib.util
 import pathlib
 import shutil
 import tempfile
+
+import ml_collections
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def config(name: str, data: pathlib.Path, steps: int):
-  """experiments/digits/<name>.py at `steps` steps with rows small enough for tests."""
+  """experiments/digits/<name>.py at `steps` steps with rows small enough for tests (the
+  SFT's in-training evaluators on 4 held-out questions per task)."""
   from bliperax import cli  # pylint: disable=g-import-not-at-top
   path = ROOT / "experiments" / "digits" / f"{name}.py"
-  cfg = cli.load_config(f"{path}:root={data},steps={steps},batch=2,workers=0")
+  cfg = cli.load_config(f"{path}:root={data},steps={steps},batch=2,workers=0,eval_limit=4")
   cfg.log_every = 1
   return cfg
 
@@ -37,6 +41,25 @@ def short_run() -> dict:
   checkpoints.export(work / "pretrain", work / "pretrain_params")
   sft = config("sft", data, 3)
   sft.model.init_from = str(work / "pretrain_params")
+  # Two of the SFT's in-training evaluators run at its last step (tests/test_evals.py);
+  # each kind compiles its own programs, ~4 s apiece here.
+  sft.evals = ml_collections.ConfigDict({k: sft.evals[k] for k in ("vqa", "sum_nll")})
   trainer.train(sft, str(work / "sft"))
   return {"work": work, "data": data, "pretrain": work / "pretrain",
           "pretrain_params": work / "pretrain_params", "sft": work / "sft"}
+
+
+@functools.lru_cache(maxsize=1)
+def _benchmarks_tool():
+  """tools/make_digits_benchmarks.py as a module, loaded once (its absl flags too)."""
+  spec = importlib.util.spec_from_file_location(
+      "make_digits_benchmarks", ROOT / "tools" / "make_digits_benchmarks.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def digits_benchmarks(out: pathlib.Path, num_eval: int, num_train: int) -> pathlib.Path:
+  """VQAv2- and COCO-format files of digits under `out` (vqa/, coco/, images/)."""
+  _benchmarks_tool().write(out, num_eval, num_train)
+  return out

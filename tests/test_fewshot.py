@@ -1,6 +1,5 @@
 """Few-shot benchmark evaluation: prompts token by token, the demonstrations' draw, a
 tiny run of a checkpoint on hand-made official-format files, bad inputs."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,7 +19,7 @@ from bliperax.infer import checkpoints
 from bliperax.infer import evaluate as eval_lib
 from bliperax.infer import fewshot as fewshot_run
 from conftest import GOLDEN, require
-from digits_run import ROOT, short_run
+from digits_run import ROOT, digits_benchmarks, short_run
 
 IMAGE, CHUNK = 32012, 32014  # <image>, <|endofchunk|>
 
@@ -125,20 +124,10 @@ def test_postprocess_keeps_the_first_line_stripped():
   assert eval_lib.answer_text(ids, tokenizer, stops) == "a cat"
 
 
-def _make_digits_benchmarks():
-  spec = importlib.util.spec_from_file_location(
-      "make_digits_benchmarks", ROOT / "tools" / "make_digits_benchmarks.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.fixture(scope="module")
 def bench_files(tmp_path_factory):
   """tools/make_digits_benchmarks.py's VQAv2 and COCO files: 4 eval, 6 train digits."""
-  out = tmp_path_factory.mktemp("digits_bench")
-  _make_digits_benchmarks().write(out, num_eval=4, num_train=6)
-  return out
+  return digits_benchmarks(tmp_path_factory.mktemp("digits_bench"), num_eval=4, num_train=6)
 
 
 @pytest.fixture(scope="module")

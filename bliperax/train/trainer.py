@@ -22,6 +22,7 @@ from bliperax import sharding
 from bliperax.data.synthetic import SyntheticSource
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
+from bliperax.train import evals as evals_lib
 from bliperax.train import flops as flops_lib
 from bliperax.train import inputs as inputs_lib
 from bliperax.train import metrics as metrics_lib
@@ -136,6 +137,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   check_config(cfg)
   try:  # which init and data the run reads, recorded with the config (train/inputs.py)
     inputs = inputs_lib.describe(cfg)
+    evaluators = evals_lib.build(cfg)  # config.evals: read their inputs now (train/evals.py)
   except ValueError as e:
     raise InvalidRun(str(e)) from e
   workdir_path = pathlib.Path(workdir)
@@ -143,8 +145,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # Resume only the run this workdir was made with (same config, code, init and data);
   # where it runs (mesh, processes) may change: checkpoints reshard on restore. A run
   # that stopped before its first checkpoint left nothing to resume: its record yields.
+  # Evaluators only read the parameters: adding one to a run may resume it.
   run_record.check_or_write(workdir_path, run_record.make(cfg, **inputs), "training run",
-                            ignore=("config.mesh", "config.distributed"),
+                            ignore=("config.mesh", "config.distributed", "config.evals"),
                             resumable=ckpt_lib.has_checkpoint(workdir_path / "checkpoints"))
   dist = cfg.get("distributed", ml_collections.ConfigDict())
   sharding.maybe_initialize_distributed(dist.get("coordinator") or None,
@@ -193,7 +196,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       state, metrics = step_fn(state, batch)
       step += 1
       window_steps += 1
-      if step % cfg.log_every == 0 or step == cfg.total_steps:
+      evaluating = any(e.due(step) for e in evaluators)
+      if step % cfg.log_every == 0 or step == cfg.total_steps or evaluating:
         metrics = jax.device_get(metrics)
         elapsed = time.time() - window_start
         step_time = elapsed / window_steps
@@ -208,6 +212,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           print(f"warning: step {step} left {last['dropped_loss_tokens']} loss tokens out "
                 f"(more than train.loss_tokens_per_row={cfg.train.loss_tokens_per_row} in a "
                 "row); raise it", flush=True)
+        if evaluating:  # after the step time was taken: evaluation is not training time
+          last.update(evals_lib.run(evaluators, step, state.params, setup.model_cfg))
         writer.write(step, last)
         window_start, window_wait, window_steps = time.time(), 0.0, 0
       saved = step % cfg.checkpoint_every == 0 or step == cfg.total_steps
