@@ -37,6 +37,45 @@ def test_loss_positions_picks_the_first_k_loss_tokens_of_each_row():
   np.testing.assert_array_equal(targets[2], [2, 3, 4])
 
 
+def test_decoupled_nll_equals_the_nll_of_the_cut_and_joined_logits():
+  """decoupled_nll(base, added) == gathered_nll([base[:, :n] ; added]), value and
+  gradient, with the dead columns given large logits (counting them would move the
+  loss by ~log(1 + 3e^12/V) = 2.2) and targets in both parts and IGNORE."""
+  rows, vocab_rows, base_vocab, added_n = 6, 4000, 3997, 3
+  r = np.random.default_rng(0)
+  base = r.normal(0, 2, (2, rows, vocab_rows)).astype(np.float32)
+  base[..., base_vocab:] = 30.0  # dead: must not count
+  added = r.normal(0, 2, (2, rows, added_n)).astype(np.float32)
+  targets = r.integers(0, base_vocab + added_n, (2, rows))
+  targets[0, :3] = [base_vocab, base_vocab + 2, 0]
+  targets[1, 4] = IGNORE
+
+  def joined(b, a):
+    return losses.gathered_nll(jnp.concatenate([b[..., :base_vocab], a], axis=-1),
+                               jnp.asarray(targets)).sum()
+
+  def split(b, a):
+    return losses.decoupled_nll(b, a, jnp.asarray(targets), base_vocab).sum()
+
+  want, (want_gb, want_ga) = jax.value_and_grad(joined, argnums=(0, 1))(base, added)
+  got, (got_gb, got_ga) = jax.value_and_grad(split, argnums=(0, 1))(base, added)
+  # Both are log-sum-exps over the same V = 4000 terms, summed in different orders:
+  # each sum of positive terms is within (V-1)·eps of its value, so each NLL within
+  # 2·V·eps of the other, plus eps-scale round-off of the logits (|x| < 20).
+  eps, v = np.finfo(np.float32).eps, base_vocab + added_n
+  per_token = 2 * v * eps + 4 * 20 * eps
+  assert abs(float(got) - float(want)) <= 2 * rows * per_token
+  # The gradient is softmax - onehot: each probability within 2·V·eps of itself.
+  np.testing.assert_allclose(got_gb[..., :base_vocab], want_gb[..., :base_vocab],
+                             atol=per_token, rtol=0)
+  np.testing.assert_allclose(got_ga, want_ga, atol=per_token, rtol=0)
+  assert not np.any(np.asarray(got_gb[..., base_vocab:]))  # dead columns: exactly 0
+  assert not np.any(np.asarray(got_gb[1, 4])) and not np.any(np.asarray(got_ga[1, 4]))
+  np.testing.assert_array_equal(
+      np.asarray(losses.decoupled_nll(base, None, jnp.asarray(np.minimum(targets, 5)), 3997)
+                 ) > 0, np.minimum(targets, 5) != IGNORE)  # no added part: base alone
+
+
 @pytest.fixture(scope="module")
 def setup():
   cfg = presets.tiny()

@@ -155,7 +155,14 @@ class DecoupledHead(nn.Module):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, parts: bool = False):
+    """x [B, T, D] -> logits float32[B, T, V].
+
+    With `parts`: (base float32[B, T, vocab_rows], added float32[B, T, num_added] or
+    None) uncut, for losses that work on the parts (train/losses.decoupled_nll):
+    cutting and concatenating [B, T, V] logits costs a copy forward and a padded copy
+    of their gradient backward.
+    """
     c = self.cfg
     pdtype, dtype = layers.dtype_of(self.num.param_dtype), layers.dtype_of(self.num.dtype)
     init = nn.initializers.normal(0.02)
@@ -169,7 +176,8 @@ class DecoupledHead(nn.Module):
     # kernel instead makes XLA copy the [D, vocab_rows] table on every call, which
     # dominated a decoded token's time. The dead columns cost vocab_rows - base_vocab
     # extra logits (52 of 32064).
-    logits = self._project(x, kernel, bias, dtype)[..., :c.base_vocab]
+    base = self._project(x, kernel, bias, dtype)
+    added = None
     if c.num_added:
       add_k = self.param("additional_kernel",
                          layers.param_with_axes(init, ("embed", "added_vocab")),
@@ -178,14 +186,15 @@ class DecoupledHead(nn.Module):
                          layers.param_with_axes(nn.initializers.zeros, ("added_vocab",)),
                          (c.num_added,), pdtype)
       added = self._project(x, add_k, add_b if bias is not None else None, dtype)
-      logits = jnp.concatenate([logits, added], axis=-1)
-    return logits
+    if parts:
+      return base, added
+    logits = base[..., :c.base_vocab]
+    return logits if added is None else jnp.concatenate([logits, added], axis=-1)
 
   @staticmethod
   def _project(x: Array, kernel: Array, bias: Optional[Array], dtype) -> Array:
     """x [B, T, D] · kernel [D, N] (+ bias [N]) -> float32[B, T, N]."""
-    out = jnp.einsum("btd,dv->btv", x.astype(dtype), kernel.astype(dtype),
-                     preferred_element_type=jnp.float32)
+    out = layers.matmul(x.astype(dtype), kernel.astype(dtype), out_dtype=jnp.float32)
     return out if bias is None else out + bias.astype(jnp.float32)
 
 

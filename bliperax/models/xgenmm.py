@@ -6,7 +6,7 @@ bliperax/DESIGN.md §3); everything ragged was resolved on the host.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -87,6 +87,12 @@ class XGenMM(nn.Module):
     """hidden [B, K, D] -> logits float32[B, K, V] (K: all positions or a gathered subset)."""
     return _constrain(self.lm.head(hidden),
                       ("activation_batch", "activation_length", "activation_vocab"))
+
+  def logit_parts(self, hidden: Array) -> Tuple[Array, Optional[Array]]:
+    """hidden [B, K, D] -> the head's uncut parts (base float32[B, K, vocab_rows], added
+    float32[B, K, num_added] or None), for train/losses.decoupled_nll."""
+    base, added = self.lm.head(hidden, parts=True)
+    return _constrain(base, ("activation_batch", "activation_length", "activation_vocab")), added
 
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
                crops: Optional[Array] = None, group_index: Optional[Array] = None,

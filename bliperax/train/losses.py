@@ -1,7 +1,7 @@
 """Masked next-token cross-entropy in float32."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +56,40 @@ def gathered_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(logp, jnp.where(mask, targets, 0)[..., None], axis=-1)[..., 0]
   return jnp.where(mask, -picked, 0.0)
+
+
+def decoupled_nll(base: jax.Array, added: Optional[jax.Array], targets: jax.Array,
+                  base_vocab: int) -> jax.Array:
+  """NLL float32[B, K] of `targets` under the decoupled head's uncut parts.
+
+  Equals gathered_nll on the logits [base[..., :base_vocab] ; added] without forming
+  them: the dead columns base_vocab.. of `base` are masked out of the log-sum-exp and
+  the two parts' sums are added, so neither the forward (cut + concatenate) nor the
+  backward (a padded copy of the [B, K, V] gradient) copies the logits.
+
+  Args:
+    base: float32[B, K, vocab_rows], x·W + b over the whole base table.
+    added: float32[B, K, num_added] (the added tokens' logits) or None.
+    targets: int[B, K], ids in [0, base_vocab + num_added) or IGNORE.
+  Returns:
+    float32[B, K], 0 where the target is IGNORE.
+  """
+  mask = targets != IGNORE
+  live = jnp.arange(base.shape[-1]) < base_vocab
+  base = jnp.where(live, base.astype(jnp.float32), -jnp.inf)
+  top = jnp.max(base, axis=-1)
+  if added is not None:
+    added = added.astype(jnp.float32)
+    top = jnp.maximum(top, jnp.max(added, axis=-1))
+  top = jax.lax.stop_gradient(top)[..., None]  # a shift only: the gradient is unchanged
+  total = jnp.sum(jnp.exp(base - top), axis=-1)
+  target = jnp.where(mask, targets, 0)
+  picked = jnp.take_along_axis(base, jnp.minimum(target, base_vocab - 1)[..., None],
+                               axis=-1)[..., 0]
+  if added is not None:
+    total = total + jnp.sum(jnp.exp(added - top), axis=-1)
+    extra = jnp.clip(target - base_vocab, 0, added.shape[-1] - 1)
+    picked_added = jnp.take_along_axis(added, extra[..., None], axis=-1)[..., 0]
+    picked = jnp.where(target >= base_vocab, picked_added, picked)
+  nll = jnp.log(total) + top[..., 0] - picked
+  return jnp.where(mask, nll, 0.0)

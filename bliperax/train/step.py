@@ -72,15 +72,15 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
 
   def loss_fn(params, micro):
     inputs = batch_spec.model_inputs(micro)
-    if not loss_tokens_per_row:
-      logits = model.apply({"params": params}, **inputs)
-      nll, _ = losses.token_nll(logits, micro["labels"])
-      return jnp.sum(nll) / denom
     hidden = model.apply({"params": params}, **inputs, method=XGenMM.features)
-    positions, targets, _ = losses.loss_positions(micro["labels"], loss_tokens_per_row)
-    picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [b, K, D]
-    logits = model.apply({"params": params}, picked, method=XGenMM.logits)
-    return jnp.sum(losses.gathered_nll(logits, targets)) / denom
+    if loss_tokens_per_row:
+      positions, targets, _ = losses.loss_positions(micro["labels"], loss_tokens_per_row)
+      hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [b, K, D]
+    else:
+      hidden, targets = hidden[:, :-1], micro["labels"][:, 1:]  # t predicts label t+1
+    base, added = model.apply({"params": params}, hidden, method=XGenMM.logit_parts)
+    nll = losses.decoupled_nll(base, added, targets, model.config.text.base_vocab)
+    return jnp.sum(nll) / denom
 
   grad_fn = jax.value_and_grad(loss_fn)
   if accum_steps == 1:
