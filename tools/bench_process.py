@@ -1,6 +1,6 @@
 r"""bliperax's side of the side-by-side benchmark: one process, one JSON line.
 
-  python tools/bench_process.py [--device_loop_only]
+  python tools/bench_process.py [--loss_tokens_per_row=95]
 
 Runs the workload and protocol of `tools/bench_workload.py` (the same model shapes,
 inputs and steps as `tools/bench_reference.py` runs through the PyTorch reference)
@@ -38,6 +38,10 @@ import bench_workload as wl  # pylint: disable=g-import-not-at-top,wrong-import-
 
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Warm generations; the fastest is reported.",
                                 lower_bound=1)
+_LOSS_TOKENS = flags.DEFINE_integer(
+    "loss_tokens_per_row", 0, "The trainer's train.loss_tokens_per_row: > 0 runs the head "
+    "only at that many loss positions per row (the workload has TRAIN_TEXT_TOKENS - 1); "
+    "0, the default, runs it at every position, as the reference does.", lower_bound=0)
 
 
 def _config():
@@ -49,7 +53,8 @@ def _config():
                  b2=wl.BETAS[1], eps=wl.EPS, weight_decay=wl.WEIGHT_DECAY,
                  grad_clip=wl.GRAD_CLIP, freeze=("^vision/",))
   c.mesh.update(data=1, fsdp=1, tensor=1)
-  c.train.update(global_batch=wl.TRAIN_BATCH)  # seq_len: set from the batches
+  c.train.update(global_batch=wl.TRAIN_BATCH,  # seq_len: set from the batches
+                 loss_tokens_per_row=_LOSS_TOKENS.value)
   return c
 
 
@@ -133,7 +138,8 @@ def main(argv):
       first_generate_s=round(first_generate_s, 3), process_done_unix=process_done_unix,
       time_to_first_token_s=round(ttft, 4), decode_tokens_per_s=round(rate, 1),
       device_loop_tokens_per_s=round((wl.NEW_TOKENS - 1) / max(loop_s - ttft, 1e-9), 1),
-      seq_len=cfg.train.seq_len, jax_version=jax.__version__,
+      seq_len=cfg.train.seq_len, loss_tokens_per_row=cfg.train.loss_tokens_per_row,
+      jax_version=jax.__version__,
       backend=jax.default_backend(), cpus=os.cpu_count(),
       compilation_cache=jax.config.jax_compilation_cache_dir or None,
       workload=wl.summary())), flush=True)

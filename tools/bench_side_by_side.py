@@ -31,11 +31,13 @@ import time
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 IMPLS = ("reference", "bliperax")
-METRICS = ("step_median_s", "decode_tokens_per_s", "time_to_first_token_s",
-           "whole_process_s", "build_s", "first_step_s", "first_generate_s")
+METRICS = ("step_median_s", "decode_tokens_per_s", "device_loop_tokens_per_s",
+           "time_to_first_token_s", "whole_process_s", "build_s", "first_step_s",
+           "first_generate_s")
 # Fields that describe the setup rather than measure it; kept from each impl's last run.
 SETUP_FIELDS = ("torch_version", "transformers_version", "torch_threads", "attention",
-                "jax_version", "backend", "cpus", "seq_len", "compilation_cache")
+                "jax_version", "backend", "cpus", "seq_len", "compilation_cache",
+                "loss_tokens_per_row")
 STDERR_TAIL = 4000
 
 
@@ -52,6 +54,9 @@ def _parse_args():
   parser.add_argument("--only", choices=IMPLS, help="run one implementation only")
   parser.add_argument("--reference_threads", type=int, default=0,
                       help="--threads for bench_reference.py (0: torch's default)")
+  parser.add_argument("--bliperax_args", default="",
+                      help="extra flags for bench_process.py, space-separated (e.g. "
+                           "--loss_tokens_per_row=95)")
   parser.add_argument("--timeout_s", type=float, default=3600, help="limit per run")
   args = parser.parse_args()
   if args.only != "bliperax" and not (args.reference_python and args.lavis):
@@ -66,7 +71,8 @@ def commands(args) -> dict:
   return {
       "reference": [args.reference_python, os.path.join(TOOLS, "bench_reference.py"),
                     f"--lavis={args.lavis}", f"--threads={args.reference_threads}"],
-      "bliperax": [args.bliperax_python, os.path.join(TOOLS, "bench_process.py")],
+      "bliperax": [args.bliperax_python, os.path.join(TOOLS, "bench_process.py"),
+                   *args.bliperax_args.split()],
   }
 
 
