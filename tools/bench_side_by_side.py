@@ -32,7 +32,8 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 IMPLS = ("reference", "bliperax")
 METRICS = ("step_median_s", "decode_tokens_per_s", "device_loop_tokens_per_s",
-           "time_to_first_token_s", "whole_process_s", "build_s", "first_step_s",
+           "time_to_first_token_s", "whole_process_s", "time_to_first_step_s", "build_s",
+           "first_step_s",
            "first_generate_s")
 # Fields that describe the setup rather than measure it; kept from each impl's last run.
 SETUP_FIELDS = ("torch_version", "transformers_version", "torch_threads", "attention",
