@@ -29,6 +29,11 @@ _TORCH = ["torch==2.13.0", "transformers>=4.41", "safetensors"]
 # VQA accuracy and everything else need none of it. In `test` too, so the default
 # suite compares against it.
 _EVAL = ["pycocoevalcap>=1.2"]
+# lmms-eval's harness for `--model bliperax` (bliperax/integrations/lmms_eval.py). Its
+# own extra, not `eval`: lmms-eval 0.7.3 pulls ~90 packages (torch with CUDA wheels,
+# torchvision, datasets, accelerate, wandb, ...: 6 GB in a virtualenv over this
+# machine's packages). Its evaluator imports filelock._api, which filelock 4 removed.
+_LMMS = ["lmms-eval>=0.7", "filelock<4"]
 
 setuptools.setup(
     name="bliperax",
@@ -42,7 +47,11 @@ setuptools.setup(
         "test": ["pytest", "pytest-xdist"] + _EVAL,
         "torch": _TORCH,
         "eval": _EVAL,
+        "lmms": _LMMS + _EVAL,
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
+    # python -m lmms_eval --model bliperax (lmms-eval reads this group at import).
+    entry_points={"lmms_eval.models": [
+        "bliperax = bliperax.integrations:lmms_eval_manifest"]},
 )
