@@ -33,6 +33,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely (0 = a
                                lower_bound=0)
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "Weights, compute and KV cache: auto = bfloat16 on GPU/TPU, "
+                           "float32 on CPU.")
 flags.mark_flags_as_required(["checkpoint", "prompt"])
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "--top_p must be in (0, 1]")
 
@@ -67,6 +70,8 @@ def main(argv):
     params, model_cfg = checkpoints.load(_CHECKPOINT.value)
   except (checkpoints.CheckpointNotFound, ValueError) as e:
     return _fail(f"cannot load --checkpoint: {e}")
+  params, model_cfg = checkpoints.for_inference(
+      params, model_cfg, checkpoints.inference_dtype(_DTYPE.value, jax.default_backend()))
   try:
     example = eval_lib.prompt_example(prompt, images, model_cfg, tokenizer, _ANYRES.value,
                                       _SYSTEM.value)

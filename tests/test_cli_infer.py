@@ -102,6 +102,34 @@ def test_kv_cache_generate_equals_full_recomputation(trained, images):
   np.testing.assert_array_equal(cached, np.stack(expected, axis=1))
 
 
+def test_bfloat16_inference_keeps_weights_and_cache_in_bfloat16(trained, images):
+  """for_inference('bfloat16') casts every float weight and switches the compute (and
+  so the KV cache) to bfloat16; 'auto' picks it on accelerators only; float32 is the
+  identity; a bf16 decode runs end to end."""
+  _, params, cfg = trained
+  assert checkpoints.inference_dtype("auto", "cpu") == "float32"
+  assert checkpoints.inference_dtype("auto", "gpu") == "bfloat16"
+  assert checkpoints.inference_dtype("auto", "tpu") == "bfloat16"
+  with pytest.raises(ValueError, match="float16"):
+    checkpoints.inference_dtype("float16", "cpu")
+  same, same_cfg = checkpoints.for_inference(params, cfg, "float32")
+  assert same is params and same_cfg == cfg
+  half, half_cfg = checkpoints.for_inference(params, cfg, "bfloat16")
+  assert {str(p.dtype) for p in jax.tree.leaves(half)} == {"bfloat16"}
+  assert half_cfg.numerics.dtype == half_cfg.numerics.param_dtype == "bfloat16"
+  cache = generate_lib.init_cache(half_cfg, 1, 16)
+  assert {str(c.dtype) for path, c in jax.tree_util.tree_flatten_with_path(cache)[0]
+          if "cached_key" in jax.tree_util.keystr(path)
+          or "cached_value" in jax.tree_util.keystr(path)} == {"bfloat16"}
+  tokenizer = tokenizer_lib.Tokenizer()
+  from PIL import Image
+  example = eval_lib.prompt_example("<image>\nRead the number.", [Image.open(images["wide"])],
+                                    half_cfg, tokenizer, anyres=True)
+  prompt = batch_lib.collate_prompts([example], half_cfg, tokenizer.pad_id)
+  out = generate_lib.generate(half, half_cfg, prompt, 4, eos_ids=())
+  assert out.shape == (1, 4) and ((out >= 0) & (out < 32015)).all()
+
+
 def test_batched_bucketed_answers_equal_one_by_one(trained, images):
   """evaluate.answer in sorted, bucketed batches (a short last batch filled up) gives
   each prompt the answer it gets alone, in the order given."""

@@ -96,3 +96,33 @@ def export(path: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
   params, model_cfg = load(path)
   return params_io.save_params(dst, params, model_cfg, overwrite=True,
                                source=source_of(path))
+
+
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def inference_dtype(name: str, backend: str) -> str:
+  """'auto' -> bfloat16 on accelerators (decode reads every weight and the whole cache
+  per token: half the bytes is nearly twice the tokens/s where it is memory-bound),
+  float32 on CPU (whose bf16 matmuls are converted, not faster); else `name`."""
+  if name not in INFERENCE_DTYPES:
+    raise ValueError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {name!r}")
+  if name == "auto":
+    return "float32" if backend == "cpu" else "bfloat16"
+  return name
+
+
+def for_inference(params: dict, cfg: XGenMMConfig, dtype: str) -> Tuple[dict, XGenMMConfig]:
+  """Parameters and model config that compute, store weights and keep the KV cache in
+  `dtype` (the cache takes the compute dtype); float32 leaves them as they are.
+
+  Norms, softmax and the logits still run in float32 inside the layers.
+  """
+  if dtype == "float32":
+    return params, cfg
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  target = jnp.dtype(dtype)
+  cast = jax.tree.map(lambda p: p.astype(target) if jnp.issubdtype(p.dtype, jnp.floating)
+                      else p, params)
+  return cast, cfg.with_numerics(dtype=dtype, param_dtype=dtype)
