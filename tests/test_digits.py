@@ -140,3 +140,8 @@ def test_main_job_reaches_targets(tmp_path):
   assert acc["sum"] >= 0.90, acc
   assert acc["read"] >= 0.80, acc
   assert acc["read_base_crop"] <= acc["read"] - 0.2, acc
+  # The SFT's in-training evaluators (every 200 steps, 100 held-out questions a task):
+  # the sums, hardest to learn, end far above where they start.
+  curve = result["in_training"]
+  assert [step for step, _ in curve["sum"]] == [200, 400, 600, 800, 1000, 1200], curve
+  assert curve["sum"][-1][1] >= curve["sum"][0][1] + 0.3, curve

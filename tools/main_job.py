@@ -9,8 +9,9 @@ Stages (each the real entry point, run as a subprocess so its output streams):
   4. python -m bliperax.train         chat fine-tuning      -> WORKDIR/sft
   5. python -m bliperax.evaluate      every task (reading with anyres) -> eval.json
   6. python -m bliperax.evaluate      reading, base crop only          -> eval_base.json
-Then a few held-out answers next to their true labels, the accuracy table, and
-as the last line a JSON object with accuracies and stage times.
+Then a few held-out answers next to their true labels, the held-out accuracy during
+fine-tuning (the SFT config's in-training evaluators, WORKDIR/sft/metrics.jsonl), the
+accuracy table, and as the last line a JSON object with accuracies and stage times.
 
 Each stage records under WORKDIR/stages/ what it is run with (bliperax/run_record.py:
 code, resolved config, flags, the upstream stage's record) and when it finished. A
@@ -233,6 +234,7 @@ def _report(work: pathlib.Path, times: Dict, reused: list) -> None:
   anyres = {task: r["anyres"] for task, r in full.items()}
   for command in _example_commands(data / "heldout", work / "examples", work / "sft", anyres):
     print(f"  {command}")
+  curve = _in_training_curve(work / "sft" / "metrics.jsonl", list(full))
   rows = [(task, "anyres" if r["anyres"] else "base", r) for task, r in full.items()]
   rows.append(("read", "base", base))
   print("\n=== accuracy on the held-out split (exact match)")
@@ -243,7 +245,30 @@ def _report(work: pathlib.Path, times: Dict, reused: list) -> None:
                                     if reused else ""))
   print(json.dumps({"accuracy": {**{t: r["accuracy"] for t, r in full.items()},
                                  "read_base_crop": base["accuracy"]},
-                    "seconds": times, "reused": reused, "workdir": str(work)}))
+                    "in_training": curve, "seconds": times, "reused": reused,
+                    "workdir": str(work)}))
+
+
+def _in_training_curve(path: pathlib.Path, tasks: list) -> dict:
+  """Prints the SFT's in-training evaluations (bliperax/train/evals.py) as a table and
+  returns {task: [[step, accuracy], ...]} (plus the sums' perplexity)."""
+  records = [json.loads(line) for line in path.read_text().splitlines()] \
+      if path.exists() else []
+  records = [r for r in records if any(k.startswith("eval/") for k in r)]
+  curve = {t: [[r["step"], r[f"eval/{t}/accuracy"]] for r in records
+               if f"eval/{t}/accuracy" in r] for t in tasks}
+  curve["sum_perplexity"] = [[r["step"], r["eval/sum_nll/perplexity"]] for r in records
+                             if "eval/sum_nll/perplexity" in r]
+  if records:
+    print("\n=== held-out accuracy during fine-tuning (in-training evaluators, first "
+          f"{records[-1].get(f'eval/{tasks[0]}/total', '?')} questions per task)")
+    print(f"{'step':>6} " + " ".join(f"{t:>7}" for t in tasks) + f" {'sum ppl':>8}")
+    for r in records:
+      cells = [f"{100 * r[f'eval/{t}/accuracy']:>6.1f}%" if f"eval/{t}/accuracy" in r
+               else f"{'-':>7}" for t in tasks]
+      ppl = r.get("eval/sum_nll/perplexity")
+      print(f"{r['step']:>6} " + " ".join(cells) + (f" {ppl:>8.3f}" if ppl else ""))
+  return curve
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A reader turns the official annotation files of one benchmark into a list of
 `Sample`s, one per scored unit: a question (VQA benchmarks) or an image (captioning
 benchmarks). The same record serves scoring (`answers` are the references) and
-few-shot prompting (a train-split sample's `question` and first answer make a
+few-shot prompting (a train-split sample's `question` and most common answer make a
 demonstration). Every problem with a file is a `BenchmarkError` whose message names
 the file and, where it applies, the record and field.
 """

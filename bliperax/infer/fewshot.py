@@ -93,14 +93,14 @@ def evaluate(params, model_cfg: XGenMMConfig, tokenizer: tokenizer_lib.Tokenizer
   queries = bench.read(data_dir, "eval")
   queries = queries[:limit] if limit else queries
   train = bench.read(data_dir, "train") if any(shots) else []
-  for k in shots:  # refuse before generating anything
-    fewshot.draw_demos(len(train), k, seed, 0)
+  # Every shot count's prompts and images first: refuse before generating anything.
+  prompts_of = {k: fewshot.prompts(queries, train, k, seed) for k in shots}
+  for prompts in prompts_of.values():
+    check_images(bench, queries, prompts, image_dir)
   max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[bench.task]
   results: Dict[int, Dict] = {}
-  for k in shots:
+  for k, prompts in prompts_of.items():
     t0 = time.time()
-    prompts = fewshot.prompts(queries, train, k, seed)
-    check_images(bench, queries, prompts, image_dir)
     texts = answers(params, model_cfg, tokenizer, bench, queries, prompts, image_dir,
                     anyres=anyres, max_new_tokens=max_new_tokens, batch_size=batch_size,
                     progress=None if progress is None else
