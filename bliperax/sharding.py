@@ -161,15 +161,18 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
-def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args) -> Any:
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args,
+                 shardings: Any = None) -> Any:
   """Runs `init_fn(*args)` directly into its shardings; the whole is never materialised.
 
   The abstract output (`jax.eval_shape`) gives the logical partitioning, the rules
   give shardings, and `jit(init_fn, out_shardings=...)` creates every shard on its
-  own device. Returns the unboxed tree.
+  own device. Pass `shardings` (`logical_shardings` of the abstract output) when the
+  caller has them: tracing the init again costs about a second for a small model.
+  Returns the unboxed tree.
   """
-  abstract = jax.eval_shape(init_fn, *args)
-  shardings = logical_shardings(abstract, mesh, rules)
+  if shardings is None:
+    shardings = logical_shardings(jax.eval_shape(init_fn, *args), mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.jit(init_fn, out_shardings=shardings)(*args)
   return strip_boxes(boxed)

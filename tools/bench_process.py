@@ -20,9 +20,11 @@ Fields of the JSON line (seconds unless named otherwise):
   first_generate_s     the first generate call (compiles prefill and the decode loop)
   process_done_unix    time.time() after the first generate (the whole process ends
                        here; the driver subtracts its own start time)
-  time_to_first_token_s, decode_tokens_per_s   warm, streamed: tokens 2..N from the
-                       host times each token arrived (best of 2)
-  device_loop_tokens_per_s   warm, without a callback (the call less its prefill)
+  time_to_first_token_s  warm: a generate call of one token (prefill + first token)
+  decode_tokens_per_s  warm, streamed: tokens 2..N from the host times each token
+                       arrived (best of 2)
+  device_loop_tokens_per_s   warm, without a callback: (N - 1) / (the call less the
+                       one-token call)
 """
 import json
 import os
@@ -120,21 +122,19 @@ def main(argv):
   first_generate_s = time.perf_counter() - t0
   process_done_unix = time.time()
 
-  best = None
+  def timed(max_new, on_token=None):
+    t0 = time.perf_counter()
+    generate_lib.generate(params, model_cfg, prompt, max_new, eos_ids=(), on_token=on_token)
+    return time.perf_counter() - t0
+
+  timed(1)  # compiles the one-token loop
+  ttft = min(timed(1) for _ in range(_REPEATS.value))  # prefill + the first token
+  rate = 0.0
   for _ in range(_REPEATS.value + 1):  # the first streamed call may compile
     stamps = []
-    t0 = time.perf_counter()
-    generate_lib.generate(params, model_cfg, prompt, wl.NEW_TOKENS, eos_ids=(),
-                          on_token=lambda i, tok: stamps.append(time.perf_counter()))
-    rate, _ = wl.decode_rate(stamps)
-    if best is None or rate > best[1]:
-      best = (stamps[0] - t0, rate)
-  loop_s = None
-  for _ in range(_REPEATS.value):
-    t0 = time.perf_counter()
-    generate_lib.generate(params, model_cfg, prompt, wl.NEW_TOKENS, eos_ids=())
-    loop_s = min(loop_s or 1e9, time.perf_counter() - t0)
-  ttft, rate = best
+    timed(wl.NEW_TOKENS, lambda i, tok: stamps.append(time.perf_counter()))
+    rate = max(rate, wl.decode_rate(stamps)[0])
+  loop_s = min(timed(wl.NEW_TOKENS) for _ in range(_REPEATS.value))
   print(json.dumps(dict(
       impl="bliperax", import_s=round(import_s, 2), build_s=round(build_s, 2),
       first_step_s=round(step_s[0], 3), time_to_first_step_s=round(time_to_first_step, 2),
@@ -142,7 +142,8 @@ def main(argv):
       step_s=[round(s, 4) for s in step_s], final_loss=round(losses[-1], 4),
       first_generate_s=round(first_generate_s, 3), process_done_unix=process_done_unix,
       time_to_first_token_s=round(ttft, 4), decode_tokens_per_s=round(rate, 1),
-      device_loop_tokens_per_s=round((wl.NEW_TOKENS - 1) / max(loop_s - ttft, 1e-9), 1),
+      device_loop_tokens_per_s=round((wl.NEW_TOKENS - 1) / (loop_s - ttft), 1)
+      if loop_s > ttft else None,
       seq_len=cfg.train.seq_len, loss_tokens_per_row=cfg.train.loss_tokens_per_row,
       jax_version=jax.__version__,
       backend=jax.default_backend(), cpus=os.cpu_count(),

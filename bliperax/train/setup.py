@@ -102,7 +102,7 @@ class TrainSetup:
   def init_state(self, seed: int) -> TrainState:
     """A fresh state created directly in its shardings (call inside `context()`)."""
     return sharding.sharded_init(self.init_fn, self.mesh, self.rules,
-                                 jax.random.PRNGKey(seed))
+                                 jax.random.PRNGKey(seed), shardings=self.state_shardings)
 
   def global_batch(self, local: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
     """This process's rows -> global arrays sharded over the batch axes."""
