@@ -32,6 +32,9 @@ _PRESET = flags.DEFINE_string("preset", "small", "Model preset (bliperax.models.
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to measure.")
 _PROMPT = flags.DEFINE_integer("prompt_tokens", 40, "Text tokens per prompt.", lower_bound=1)
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Tokens to decode.", lower_bound=2)
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "Weights, compute and KV cache (auto: bfloat16 on GPU/TPU, "
+                           "float32 on CPU), as python -m bliperax.generate --dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Warm calls; the fastest is reported.",
                                 lower_bound=1)
 
@@ -58,12 +61,15 @@ def main(argv):
   del argv
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
   from bliperax.infer import generate as generate_lib  # pylint: disable=g-import-not-at-top
   from bliperax.models import presets, xgenmm  # pylint: disable=g-import-not-at-top
 
   cfg = presets.get(_PRESET.value)
   t0 = time.perf_counter()
   params = nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(0)))
+  dtype = checkpoints.inference_dtype(_DTYPE.value, jax.default_backend())
+  params, cfg = checkpoints.for_inference(params, cfg, dtype)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
   new = _NEW.value
@@ -95,7 +101,8 @@ def main(argv):
       total = time.perf_counter() - start
       loop_s = total if loop_s is None else min(loop_s, total)
     print(json.dumps(dict(
-        preset=_PRESET.value, batch=batch, prompt_length=int(prompt["tokens"].shape[1]),
+        preset=_PRESET.value, dtype=dtype, batch=batch,
+        prompt_length=int(prompt["tokens"].shape[1]),
         crops_per_row=int(prompt["crop_valid"].sum(axis=1).max()), new_tokens=new,
         init_s=round(init_s, 2), first_call_s=round(first_call, 2),
         time_to_first_token_s=round(ttft, 4), prefill_s=round(ttft, 4),

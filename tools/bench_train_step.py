@@ -12,7 +12,9 @@ for. Besides wall time per step it reports the process's user and system CPU
 time and minor page faults per step, and XLA's temporary-buffer size: on CPU a
 large `sys_ms_per_step` with ~temp_bytes/4096 faults per step means the
 allocator hands the temporaries back to the kernel after every step (see
-bliperax/host_memory.py). Compare runs on the same machine only.
+bliperax/host_memory.py). It also reports the model FLOPs of a step (analytic,
+bliperax/train/flops.py, at the valid crops and groups of the batches that ran) and
+MFU where the device's peak is known (GPUs, TPUs). Compare runs on one machine only.
 
 The state is always freshly initialised (a step's cost does not depend on the
 weights), so the paper configs, which refuse to load without root= and init=, are
@@ -74,6 +76,20 @@ def main(argv):
       jax.block_until_ready(state)
     seconds, after = time.perf_counter() - t0, _usage()
   memory = step.memory_analysis()
+  from bliperax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.train.setup import vision_frozen  # pylint: disable=g-import-not-at-top
+  rows = len(batches[0]["tokens"])  # analytic FLOPs at the crops and groups that ran
+
+  def per_row(key, slots):  # sources without the host keys fill every slot
+    return sum(int(b[key].sum()) if key in b else b[slots].shape[0] * b[slots].shape[1]
+               for b in batches[1:]) / steps / rows
+  model_flops = flops_lib.step_flops(
+      setup.model_cfg, cfg.train.global_batch, cfg.train.seq_len,
+      crops_per_row=per_row("crop_valid", "crops"),
+      groups_per_row=per_row("group_valid", "group_index"),
+      vision_trainable=not vision_frozen(cfg))["total"]
+  peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
+  achieved = model_flops / (seconds / steps) / jax.device_count()
   print(json.dumps(dict(
       preset=cfg.model.preset,
       data=cfg.data.get("kind", "synthetic"), init="random",
@@ -84,6 +100,10 @@ def main(argv):
       sys_ms_per_step=round(1000 * (after.ru_stime - before.ru_stime) / steps, 1),
       minor_faults_per_step=round((after.ru_minflt - before.ru_minflt) / steps),
       temp_bytes=getattr(memory, "temp_size_in_bytes", None),
+      model_tflops_per_step=round(model_flops / 1e12, 3),
+      tflops_per_s_per_device=round(achieved / 1e12, 3),
+      mfu=round(achieved / peak, 4) if peak else None,
+      device_kind=jax.devices()[0].device_kind,
       backend=jax.default_backend(), cpus=os.cpu_count(),
       malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
       load_avg_1m=round(os.getloadavg()[0], 1))))
