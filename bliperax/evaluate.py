@@ -20,7 +20,8 @@ them, with the tokenizer that ran); --output also writes per-question scores.
 Few-shot evaluation of a checkpoint on a benchmark, as the paper reports it:
 
   python -m bliperax.evaluate --checkpoint=CKPT --benchmark=vqav2 --data_dir=/data/vqav2 \
-      --image_dir=/data/coco --shots=0,4,8 [--limit=N] [--batch_size=B] [--output=r.json]
+      --image_dir=/data/coco --shots=0,4,8 [--limit=N] [--batch_size=B] [--output=r.json] \
+      [--dtype=auto|float32|bfloat16]
 
 Each eval-split question (image) is prompted with `shots` demonstrations drawn from
 the train split (--seed), `<image>{instruction} {answer}<|endofchunk|>` each, then
@@ -86,6 +87,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Few-shot: seed of the demonstrations' d
 _MAX_NEW_TOKENS = flags.DEFINE_integer(
     "max_new_tokens", 0, "Few-shot: tokens generated per answer (0 = 10 for VQA, 30 for "
     "captions).", lower_bound=0)
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "Few-shot: weights, compute and KV cache; auto = bfloat16 on "
+                           "GPU/TPU, float32 on CPU.")
 _TOKENIZER = flags.DEFINE_enum("tokenizer", "auto", ["auto", "ptb", "python"],
                                "Caption tokenizer: pycocoevalcap's PTB tokenizer (Java), "
                                "its Python stand-in, or PTB where java is on the PATH.")
@@ -150,6 +154,9 @@ def _fewshot() -> int:
     params, model_cfg = checkpoints.load(_CHECKPOINT.value)
   except (checkpoints.CheckpointNotFound, ValueError) as e:
     cli.fail(f"cannot load --checkpoint: {e}", status=2)
+  import jax  # pylint: disable=g-import-not-at-top
+  params, model_cfg = checkpoints.for_inference(
+      params, model_cfg, checkpoints.inference_dtype(_DTYPE.value, jax.default_backend()))
   output = pathlib.Path(_OUTPUT.value or f"{bench.name}_fewshot.json")
   try:
     results = fewshot.evaluate(

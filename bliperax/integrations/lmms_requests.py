@@ -63,12 +63,13 @@ class Requests:
 
   Args (lmms-eval's --model_args, as key=value): checkpoint (a training workdir or a
   parameter checkpoint), batch_size (8), prompt ("chat" | "base"), system ("default"
-  | "none" | text), anyres (true), max_new_tokens (256).
+  | "none" | text), anyres (true), max_new_tokens (256), dtype ("auto" = bfloat16 on
+  GPU/TPU, float32 on CPU | "float32" | "bfloat16").
   """
 
   def __init__(self, checkpoint: str, batch_size=8, prompt: str = "chat",
                system: str = "default", anyres=True, max_new_tokens=256,
-               max_batch_size=None, device=None):
+               dtype: str = "auto", max_batch_size=None, device=None):
     del max_batch_size, device  # lmms-eval's; JAX places the model on its default device
     if prompt not in PROMPTS:
       raise ValueError(f"prompt={prompt!r}: one of {', '.join(PROMPTS)}")
@@ -76,7 +77,10 @@ class Requests:
       self.batch_size = int(batch_size)
     except (TypeError, ValueError):
       raise ValueError(f"batch_size={batch_size!r}: a number of rows") from None
-    self.params, self.model_cfg = checkpoints.load(checkpoint)
+    import jax  # pylint: disable=g-import-not-at-top
+    params, model_cfg = checkpoints.load(checkpoint)
+    self.params, self.model_cfg = checkpoints.for_inference(
+        params, model_cfg, checkpoints.inference_dtype(dtype, jax.default_backend()))
     self.tokenizer = tokenizer_lib.Tokenizer()
     self.prompt = prompt
     self.system = {"default": chat_lib.SYSTEM_PROMPT, "none": None}.get(system, system)
