@@ -134,7 +134,8 @@ def _shots() -> list:
 def _fewshot() -> int:
   """--checkpoint/--benchmark: few-shot evaluation of a checkpoint (module docstring)."""
   from bliperax import benchmarks  # pylint: disable=g-import-not-at-top
-  from bliperax.benchmarks import caption_metrics, predictions  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from bliperax.benchmarks import caption_metrics, predictions
   if _CHECKPOINT.value is None:
     cli.fail("--benchmark needs --checkpoint, --data_dir and --image_dir (few-shot "
              "evaluation of a checkpoint) or --data_dir and --predictions (scoring a "

@@ -7,11 +7,12 @@ the query `<image>{instruction}`; the model continues with the answer, which end
 
 - instruction, captioning: "A short description of this image in one sentence:"
   (the paper's). VQA: "Question: {question} Short answer:". The paper names only the
-  captioning prompt; this is OpenFlamingo's VQA prompt (the evaluation xGen-MM's
-  training code derives from) written with the same spacing as the captioning one.
+  captioning prompt; this is OpenFlamingo's VQA prompt (xGen-MM's training code is a
+  fork of OpenFlamingo's; its evaluation code is not public), spaced as the captioning
+  one.
 - answer: a space, then the demonstration's answer: the most common of its human
-  answers (VQA; on a tie the earliest) or its first reference caption. The space is the fixture's (`bliperax/DESIGN.md`
-  §11: "...sentence: A dog.<|endofchunk|>").
+  answers (VQA; on a tie the earliest) or its first reference caption. The space is
+  the fixture's (`bliperax/DESIGN.md` §11: "...sentence: A dog.<|endofchunk|>").
 - demonstrations: query i draws `shots` distinct train samples with
   `numpy.random.default_rng((seed, i))`: fixed by the seed, the same for a query
   whatever --limit, the batch size or the other queries are.

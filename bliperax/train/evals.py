@@ -126,9 +126,10 @@ class Evaluator:
     return {"CIDEr": r["CIDEr"], "Bleu_4": r["Bleu_4"]}
 
   def _perplexity(self, params, model_cfg, anyres: bool) -> Dict[str, float]:
-    from bliperax.data import batch as batch_lib, batch_spec, render  # pylint: disable=g-import-not-at-top
-    from bliperax.data.image import decode_image  # pylint: disable=g-import-not-at-top
-    from bliperax.infer import score  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from bliperax.data import batch as batch_lib, batch_spec, render
+    from bliperax.data.image import decode_image
+    from bliperax.infer import score
     if self._examples is None:
       options = render.RenderOptions(max_images=0, system=self.system)
       dims = batch_spec.VisionDims.of(model_cfg)
