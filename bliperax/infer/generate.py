@@ -54,13 +54,19 @@ def _deliver(stream_id, step, tokens) -> np.ndarray:
   return np.bool_(stream.stopped)
 
 
-def init_cache(cfg: XGenMMConfig, batch: int, length: int) -> dict:
-  """Zeroed KV cache for `batch` rows of `length` slots (shapes via eval_shape)."""
+@functools.lru_cache(maxsize=64)
+def _cache_shapes(cfg: XGenMMConfig, batch: int, length: int):
+  """The cache's ShapeDtypeStructs. Cached: tracing the model for them took longer
+  than a small model's whole prefill, on every generate call."""
   model = XGenMM(cfg, decode=True)
   ids = jnp.zeros((batch, length), jnp.int32)
-  shapes = jax.eval_shape(
+  return jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)["cache"])
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def init_cache(cfg: XGenMMConfig, batch: int, length: int) -> dict:
+  """Zeroed KV cache for `batch` rows of `length` slots."""
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(cfg, batch, length))
 
 
 def _apply(cfg: XGenMMConfig, params, cache, inputs):
