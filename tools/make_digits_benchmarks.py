@@ -27,11 +27,16 @@ from absl import app, flags
 
 from bliperax import cli
 
-_OUTPUT = flags.DEFINE_string("output", None, "Folder to write (vqa/, coco/, images/).")
-_NUM_EVAL = flags.DEFINE_integer("num_eval", 200, "Eval images (held-out digits).",
-                                 lower_bound=1)
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 200, "Train images (demonstrations).",
-                                  lower_bound=1)
+
+
+def _define_flags():
+  """The command line's flags, defined only when run as a script: the tests import
+  this file for `write`, beside other tools whose flags share these names."""
+  return (flags.DEFINE_string("output", None, "Folder to write (vqa/, coco/, images/)."),
+          flags.DEFINE_integer("num_eval", 200, "Eval images (held-out digits).",
+                               lower_bound=1),
+          flags.DEFINE_integer("num_train", 200, "Train images (demonstrations).",
+                               lower_bound=1))
 
 _V2_INFO = {"description": "This is v2.0 of the VQA dataset (digits stand-in).",
             "version": "2.0"}
@@ -96,4 +101,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _OUTPUT, _NUM_EVAL, _NUM_TRAIN = _define_flags()
   cli.run(main)

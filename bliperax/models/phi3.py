@@ -194,7 +194,8 @@ class DecoupledHead(nn.Module):
   @staticmethod
   def _project(x: Array, kernel: Array, bias: Optional[Array], dtype) -> Array:
     """x [B, T, D] · kernel [D, N] (+ bias [N]) -> float32[B, T, N]."""
-    out = layers.matmul(x.astype(dtype), kernel.astype(dtype), out_dtype=jnp.float32)
+    out = jnp.einsum("btd,dv->btv", x.astype(dtype), kernel.astype(dtype),
+                     preferred_element_type=jnp.float32)
     return out if bias is None else out + bias.astype(jnp.float32)
 
 
