@@ -5,9 +5,8 @@
 Members differ in `seed` only, so they compile the same train step (a compilation
 cache shared by the members compiles it once). Knobs: steps=N (train steps, a
 checkpoint and a metrics line after each), broken=1 adds a member the trainer refuses
-at once (train.accum_steps=3 does not divide the batch of 2), eval=1 adds an
-evaluate stage (bliperax.evaluate on a config without an `eval` section exits 2:
-a failing second stage).
+at once (train.accum_steps=3 does not divide the batch of 2), setup=1 adds a setup
+stage (writes DIR/made.txt once for the sweep).
 """
 from bliperax import configs
 from bliperax import sweep
@@ -26,6 +25,8 @@ def get_stages(arg=None):
   steps = int(knobs.get("steps", 3))
   stages = [sweep.train("train", "experiments/tiny.py:batch=2", overrides={
       "total_steps": steps, "checkpoint_every": 1, "log_every": 1})]
-  if knobs.get("eval") == "1":
-    stages.append(sweep.evaluate("eval", "experiments/tiny.py", checkpoint="train"))
+  if knobs.get("setup") == "1":
+    stages.insert(0, sweep.setup("made", [
+        "python", "-c", "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('ok')",
+        "{sweep}/made.txt"]))
   return stages

@@ -24,6 +24,7 @@ def test_a_paper_config_compiles_for_a_tpu_slice_with_synthetic_data_and_random_
   # libtpu locks a file per host; a compile-only run touches no TPU, so another
   # one running beside it (a sweep, a second test worker) need not wait for it.
   env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
+  env["PYTHONPATH"] = str(ROOT)  # this checkout, installed or not (a libtpu venv may lack it)
   result = subprocess.run(
       [sys.executable, "tools/aot_compile.py",
        "--config=experiments/xgenmm_4b/sft.py:synthetic=1,init=random,preset=tiny,batch=8",

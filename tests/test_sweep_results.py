@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from bliperax.sweep import progress
 from bliperax.sweep import results
 from conftest import ROOT
 
@@ -125,3 +126,17 @@ def test_collect_reads_a_bucket_workdir(tmp_path, monkeypatch):
     assert epath.Path(f"{url}/results.md").read_text() == local
     assert epath.Path(f"{url}/plots/loss.png").exists() or (
         importlib.util.find_spec("matplotlib") is None)
+
+
+def test_progress_line_reads_step_loss_and_eta_from_metrics(tmp_path):
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text(json.dumps({"step": 30, "loss": 1.23456, "step_time_s": 0.5}) + "\n"
+                     + '{"step": 31, "lo')  # a line being written
+  state = progress.MemberState("m", status="running", stage="sft", stage_index=2, stages=4,
+                               stage_kind="train", stage_started=0.0,
+                               metrics_path=str(metrics), total_steps=150)
+  assert progress.line(state, now=100.0) == (
+      "m: stage 3/4 sft  step 30/150  loss 1.235  ETA 1m00s")
+  state.metrics_path = str(tmp_path / "none.jsonl")
+  assert progress.line(state, now=12.0) == "m: stage 3/4 sft  starting (12 s)"
+  assert progress.duration(3725) == "1h02m" and progress.duration(125) == "2m05s"

@@ -98,10 +98,12 @@ def test_killed_sweep_resumes_skips_finished_members_and_survives_a_failing_one(
 def test_two_members_end_to_end_and_collect_rebuilds_the_same_table(env, tmp_path):
   work = tmp_path / "sweep"
   t0 = time.time()
-  run = _sweep(["--config=tests/sweep_tiny.py:steps=3", f"--workdir={work}", "--parallel=2",
-                "--progress_every=1000"], env)
+  config = "--config=tests/sweep_tiny.py:steps=3,setup=1"
+  run = _sweep([config, f"--workdir={work}", "--parallel=2", "--progress_every=1000"], env)
   wall = time.time() - t0
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  assert (work / "made.txt").read_text() == "ok"  # the setup stage, once for the sweep
+  assert json.loads((work / "_setup" / "made.json").read_text())["status"] == "done"
   rows = [json.loads(l) for l in (work / "results.jsonl").read_text().splitlines()]
   assert [(r["name"], r["overrides"], r["status"], r["steps"]) for r in rows] == [
       ("seed-0", {"seed": 0}, "done", 3), ("seed-1", {"seed": 1}, "done", 3)]
@@ -126,6 +128,7 @@ def test_two_members_end_to_end_and_collect_rebuilds_the_same_table(env, tmp_pat
   assert collect.returncode == 0, collect.stderr
   assert {n: (work / n).read_bytes() for n in written} == written
 
-  again = _sweep(["--config=tests/sweep_tiny.py:steps=3", f"--workdir={work}",
-                  "--progress_every=1000"], env)
-  assert again.returncode == 0 and again.stdout.count("done earlier") == 2, again.stdout
+  (work / "made.txt").unlink()
+  again = _sweep([config, f"--workdir={work}", "--progress_every=1000"], env)
+  assert again.returncode == 0 and again.stdout.count("done earlier") == 3, again.stdout
+  assert "setup made: done earlier" in again.stdout and not (work / "made.txt").exists()

@@ -165,6 +165,26 @@ def test_bad_stages_are_refused(tmp_path, monkeypatch):
     plan_lib.make_plan(_sweep_file(tmp_path, "[{}]", bad))
 
 
+def test_setup_stages_run_first_and_sweep_stands_for_the_workdir(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  stages = ('[sweep.setup("data", ["python", "make.py", "--output={sweep}/data"]), '
+            'sweep.train("t", "experiments/tiny.py:batch={sweep}", args=("--x={sweep}",))]')
+  config = _sweep_file(tmp_path, "[{}]", stages)
+  with pytest.raises(sweep.SweepError, match="needs --workdir"):
+    plan_lib.make_plan(config)
+  # (batch=<a path> is not an int: the config would refuse it; here only its text counts)
+  monkeypatch.setattr(plan_lib, "_load_configs", lambda stage_list: {})
+  plan = plan_lib.make_plan(config, "/w")
+  assert [s.name for s in plan.setup] == ["data"] and [s.name for s in plan.stages] == ["t"]
+  assert stages_lib.command(plan.setup[0], {}) == ["python", "make.py", "--output=/w/data"]
+  assert plan.members[0].commands[0][4:] == ["--workdir={member}/t", "--x=/w"]
+  assert plan.members[0].commands[0][2:3] == ["bliperax.train"]
+  assert plan.stages[0].config.endswith("experiments/tiny.py:batch=/w")
+  late = '[sweep.train("t", "experiments/tiny.py"), sweep.setup("d", ["true"])]'
+  with pytest.raises(sweep.SweepError, match="list them first"):
+    plan_lib.make_plan(_sweep_file(tmp_path, "[{}]", late))
+
+
 def test_an_unknown_path_stops_the_command_before_anything_runs(tmp_path):
   config = _sweep_file(tmp_path, '[{"seed": 1}, {"model.numerics.dtipe": "bfloat16"}]')
   workdir = tmp_path / "work"

@@ -14,10 +14,12 @@ A sweep config (a Python file, loaded by path) defines
                          {"sft:optim.freeze": [("^vision/",), ()]})
 
   def get_stages(arg=None):           # what every member runs, in order
-    return [sweep.train("pretrain", "experiments/digits/pretrain.py:root=/tmp/digits"),
+    data = "root={sweep}/data"        # {sweep}: the sweep's --workdir
+    return [sweep.setup("data", ["python", "tools/make_digits.py", "--output={sweep}/data"]),
+            sweep.train("pretrain", f"experiments/digits/pretrain.py:{data}"),
             sweep.export("pretrain_params", of="pretrain"),
-            sweep.train("sft", "...sft.py:root=/tmp/digits", init_from="pretrain_params"),
-            sweep.evaluate("eval", "...sft.py:root=/tmp/digits", checkpoint="sft")]
+            sweep.train("sft", f"experiments/digits/sft.py:{data}", init_from="pretrain_params"),
+            sweep.evaluate("eval", f"experiments/digits/sft.py:{data}", checkpoint="sft")]
 
 Modules, one idea each: `spec` (members, product/zip_, names), `stages` (stage
 records and their commands), `plan` (loading, override routing and checks),
@@ -25,7 +27,7 @@ records and their commands), `plan` (loading, override routing and checks),
 `--collect`), `plots`, `aot_members` (`--aot`), `files` (local or gs:// files).
 """
 from bliperax.sweep.spec import NAME_KEY, SweepError, member_names, product, zip_
-from bliperax.sweep.stages import Stage, evaluate, export, train
+from bliperax.sweep.stages import Stage, evaluate, export, setup, train
 
 __all__ = ["NAME_KEY", "Stage", "SweepError", "evaluate", "export", "member_names",
-           "product", "train", "zip_"]
+           "product", "setup", "train", "zip_"]

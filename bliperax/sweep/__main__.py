@@ -97,6 +97,8 @@ def _dry_run(plan, members, workdir: str) -> int:
   for i, m in enumerate(members):
     print("| " + " | ".join([m.name] + [str(v[i]) for v in diff.values()]) + " |")
   print("\ncommands (nothing runs with --dry_run):")
+  for stage in plan.setup:
+    print(f"[setup, once] {stage.name}: {shlex.join(stages_lib.command(stage, {}))}")
   for m in members:
     print(f"[{m.name}]")
     directory = os.path.join(os.path.abspath(workdir), m.name)
@@ -144,6 +146,9 @@ def _run(plan, members, workdir: str) -> int:
   runner = runner_lib.Runner(plan, members, workdir, parallel=_PARALLEL.value,
                              pin_cores=_PIN.value, progress_every=_PROGRESS_EVERY.value)
   statuses = runner.run()
+  if runner.setup_failed:
+    print(f"setup stage {runner.setup_failed!r} failed: no member ran", file=sys.stderr)
+    return INTERRUPTED if runner.stopping.is_set() else 1
   rows, curves = results.collect(workdir)
   results.write(workdir, rows, curves)
   print("\n" + results.markdown(rows), end="")
@@ -177,7 +182,7 @@ def main(argv):
   if not files.is_remote(workdir):
     workdir = os.path.abspath(workdir)
   try:
-    plan = plan_lib.make_plan(_CONFIG.value)
+    plan = plan_lib.make_plan(_CONFIG.value, workdir)
     members = plan_lib.select(plan, _ONLY.value)
   except plan_lib.SweepError as e:
     cli.fail(str(e))

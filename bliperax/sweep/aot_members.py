@@ -11,7 +11,7 @@ A stage's inputs (an SFT's init_from) are left out: a compile reads no weights.
 The stage configs must load without data or weights, e.g. the paper configs with
 `:synthetic=1,init=random` (the sweep config decides its stages' config args).
 
-Writes DIR/aot/<member>.<stage>.log (each compile's output), DIR/results_aot.json (a
+Writes DIR/_aot/<member>.<stage>.log (each compile's output), DIR/results_aot.json (a
 row per member and stage: the compile's JSON, or its error) and DIR/results_aot.md
 (per-chip memory, fit, step time at peak FLOPs, the swept values as columns).
 """
@@ -68,7 +68,7 @@ def run(plan: plan_lib.Plan, members: Sequence[plan_lib.MemberPlan], workdir: st
       if stage.kind == "train":
         argv = compile_command(stage, member.stage_overrides[stage.name], topology,
                                num_slices)
-        log_path = os.path.join(workdir, "aot", f"{member.name}.{stage.name}.log")
+        log_path = os.path.join(workdir, "_aot", f"{member.name}.{stage.name}.log")
         jobs.append((member, stage, argv, log_path))
   rows = []
   with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:

@@ -72,6 +72,9 @@ def launch_all(plan, members, workdir: str, target, *, stage_name=None, vm_name=
     log(f"# dry run: {', '.join(missing)} not on PATH; this is what would run:")
   if not dry:  # what --collect needs to know of members that have no member.json
     results.merge_sweep_record(workdir.rstrip("/"), results.sweep_record(plan, members))
+  if plan.setup:
+    log(f"# not launched: setup stages {', '.join(s.name for s in plan.setup)} (run them "
+        "where the workdir is: their outputs must be there before the members start)")
   failed = []
   for member, cmds in per_member:
     log(f"# {member.name}: {stage.name} -> {workdir.rstrip('/')}/{member.name}/{stage.name}")

@@ -43,8 +43,9 @@ class MemberPlan:
 @dataclasses.dataclass
 class Plan:
   config: str  # the sweep config, file[:arg]
-  stages: List[stages_lib.Stage]
+  stages: List[stages_lib.Stage]  # what every member runs
   members: List[MemberPlan]
+  setup: List[stages_lib.Stage] = dataclasses.field(default_factory=list)  # run once
 
   def total_steps(self, member: MemberPlan, stage: stages_lib.Stage) -> Optional[int]:
     cfg = member.configs.get(stage.name)
@@ -173,11 +174,18 @@ def _route(name: str, overrides: Dict[str, Any], stage_list, base: Dict[str, Any
   return routed
 
 
-def make_plan(config: str) -> Plan:
-  """Loads the sweep and every stage config; resolves and checks every member."""
-  members, stage_list = read_sweep(config)
+def make_plan(config: str, workdir: Optional[str] = None) -> Plan:
+  """Loads the sweep and every stage config; resolves and checks every member.
+  `workdir` replaces `{sweep}` in the stages (bliperax/sweep/stages.py)."""
+  members, all_stages = read_sweep(config)
+  if workdir is None and any(stages_lib.uses_workdir(s) for s in all_stages):
+    raise SweepError(f"sweep config {config}: its stages use {stages_lib.SWEEP}, so it "
+                     "needs --workdir")
+  if workdir is not None:
+    all_stages = [stages_lib.with_workdir(s, workdir) for s in all_stages]
+  setup = [s for s in all_stages if s.kind == "setup"]
   stage_list = [dataclasses.replace(s, config=_absolute_config(s.config)) if s.config
-                else s for s in stage_list]
+                else s for s in all_stages if s.kind != "setup"]
   names = spec.member_names(members)
   base = _load_configs(stage_list)
   # A stage's own overrides are checked once, as a member's would be.
@@ -202,7 +210,7 @@ def make_plan(config: str) -> Plan:
       per_stage[stage.name] = these
       commands.append(stages_lib.command(stage, these))
     plans.append(MemberPlan(index, name, overrides, commands, resolved, per_stage))
-  return Plan(config, stage_list, plans)
+  return Plan(config, stage_list, plans, setup)
 
 
 def select(plan: Plan, only: Sequence[str]) -> List[MemberPlan]:

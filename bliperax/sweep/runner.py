@@ -53,6 +53,7 @@ from bliperax.sweep import stages as stages_lib
 MEMBER_FILE = "member.json"
 LOG_FILE = "log.txt"
 LOCK_FILE = ".lock"
+SETUP_DIR = "_setup"  # setup stages' records and logs (member names never start with _)
 TAIL_LINES = 20
 
 
@@ -116,12 +117,57 @@ class Runner:
     self._procs_lock = threading.Lock()
     self.results: Dict[str, str] = {}
     self.errors: Dict[str, str] = {}
+    self.setup_failed: Optional[str] = None
+
+  def _setup(self, stage: stages_lib.Stage) -> bool:
+    """Runs a setup stage unless DIR/_setup/<name>.json records it done with the same
+    command; returns whether it is done."""
+    directory = os.path.join(self.workdir, SETUP_DIR)
+    os.makedirs(directory, exist_ok=True)
+    record_path = os.path.join(directory, f"{stage.name}.json")
+    log_path = os.path.join(directory, f"{stage.name}.log")
+    template = stages_lib.command(stage, {})
+    record = files.read_json(record_path) or {}
+    if record.get("status") == "done" and record.get("command") == template:
+      print(f"setup {stage.name}: done earlier with the same command; skipped", flush=True)
+      return True
+    if self.stopping.is_set():
+      return False
+    entry = {"kind": "setup", "status": "running", "command": template,
+             "attempts": record.get("attempts", 0) + 1, "wall_s": 0.0,
+             "started": time.time()}
+    files.write_json(record_path, entry)
+    print(f"setup {stage.name}: {shlex.join(template)} (log: {log_path})", flush=True)
+    argv = [sys.executable] + template[1:] if template[0] == "python" else template
+    t0 = time.time()
+    lock_fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(lock_fd, fcntl.LOCK_EX)
+      code = self._exec(argv, log_path, stage, entry, entry, record_path, lock_fd, None)
+    finally:
+      os.close(lock_fd)
+    entry.update(wall_s=round(time.time() - t0, 3), exit=code, finished=time.time(),
+                 pid=None, status="done" if code == 0 else "failed")
+    files.write_json(record_path, entry)
+    if code:
+      print(f"setup {stage.name}: FAILED (exit {code}); last lines of {log_path}:\n"
+            + _indent(tail(log_path)), flush=True)
+    return code == 0
 
   # --- the whole sweep -------------------------------------------------------------
 
   def run(self) -> Dict[str, str]:
-    """Runs every member; returns {name: done|failed|interrupted}."""
+    """Runs the setup stages, then every member; returns {name: done|failed|interrupted}
+    (empty when a setup stage failed: `setup_failed` names it)."""
     os.makedirs(self.workdir, exist_ok=True)
+    previous = self._install_signals()
+    try:
+      for stage in self.plan.setup:
+        if not self._setup(stage):
+          self.setup_failed = stage.name
+          return self.results
+    finally:
+      self._restore_signals(previous)
     previous = self._install_signals()
     self.display.start()
     threads = [threading.Thread(target=self._member_thread, args=(m, s), daemon=True,

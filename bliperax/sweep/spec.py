@@ -164,7 +164,7 @@ def short_value(value: Any) -> str:
     return f"{value:g}"
   if isinstance(value, (list, tuple)):
     return "+".join(short_value(v) for v in value) or "none"
-  return _UNSAFE.sub("-", str(value)).strip("-.") or "empty"
+  return _UNSAFE.sub("-", str(value)).strip("-._") or "empty"
 
 
 def _key_parts(key: str) -> List[str]:
@@ -217,6 +217,9 @@ def member_names(members: Sequence[Member]) -> List[str]:
   dup = sorted({n for n in explicit if explicit.count(n) > 1})
   if dup:
     raise SweepError(f"two members are named {dup[0]!r}")
+  for name in explicit:
+    if name.startswith("_"):  # DIR/_setup, DIR/aot: the sweep's own folders
+      raise SweepError(f"member name {name!r}: names starting with '_' are reserved")
   out = []
   for i, name in enumerate(names):
     if names.count(name) > 1 and NAME_KEY not in members[i]:

@@ -25,6 +25,13 @@ flag of its command set to that stage's folder (`init_from="pretrain_params"` is
 Config overrides reach train and evaluate stages as `--config.a.b=value` flags
 (`flag_value` writes them as ml_collections' flag parsers read them back); a stage's
 own `overrides` apply to every member.
+
+A `setup` stage is a command run once for the whole sweep, before any member (e.g.
+making the data every member reads), with its output in DIR/_setup/. `{sweep}` in any
+stage's config, args or setup command stands for the sweep's workdir DIR:
+
+  sweep.setup("data", ["python", "tools/make_digits.py", "--output={sweep}/data"]),
+  sweep.train("pretrain", "experiments/digits/pretrain.py:root={sweep}/data"), ...
 """
 from __future__ import annotations
 
@@ -32,8 +39,9 @@ import dataclasses
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-KINDS = ("train", "export", "evaluate")
+KINDS = ("setup", "train", "export", "evaluate")
 MEMBER = "{member}"  # the member's folder in a command template
+SWEEP = "{sweep}"  # the sweep's workdir, in configs, args and setup commands
 _ENTRY = {"train": "bliperax.train", "export": "bliperax.export",
           "evaluate": "bliperax.evaluate"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -44,8 +52,9 @@ class Stage:
   """One step of a member.
 
   name: the stage's folder under the member's (and its `stage:` override prefix).
-  kind: "train" (python -m bliperax.train), "export" (python -m bliperax.export) or
-    "evaluate" (python -m bliperax.evaluate).
+  kind: "train" (python -m bliperax.train), "export" (python -m bliperax.export),
+    "evaluate" (python -m bliperax.evaluate) or "setup" (`args` is the command,
+    run once per sweep).
   config: `file.py[:arg]` for train and evaluate ("" for an evaluate without one,
     e.g. few-shot on a benchmark; overrides then do not reach it).
   inputs: (flag, earlier stage) pairs: `--flag=DIR/<member>/<earlier stage>`.
@@ -99,11 +108,18 @@ def evaluate(name: str, config: str, *, checkpoint: str, args: Sequence[str] = (
                _pairs(overrides), tuple(metrics))
 
 
+def setup(name: str, argv: Sequence[str]) -> Stage:
+  """A command run once for the whole sweep, before the members (`python` as argv[0]
+  is the sweep's own interpreter)."""
+  return Stage(name, "setup", args=tuple(argv))
+
+
 def check(stages: Sequence[Stage]) -> None:
   """Raises ValueError on stages that cannot run in this order."""
-  if not stages:
-    raise ValueError("the sweep has no stages (get_stages() returned none)")
+  if not any(isinstance(s, Stage) and s.kind != "setup" for s in stages):
+    raise ValueError("the sweep has no member stages (get_stages() returned none)")
   seen: Dict[str, Stage] = {}
+  members_started = False
   for stage in stages:
     if not isinstance(stage, Stage):
       raise ValueError(f"stage {stage!r} is not a Stage (use sweep.train, sweep.export, "
@@ -117,12 +133,22 @@ def check(stages: Sequence[Stage]) -> None:
       raise ValueError(f"{where}: kind {stage.kind!r} is not one of {', '.join(KINDS)}")
     if stage.kind == "train" and not stage.config:
       raise ValueError(f"{where}: a train stage needs a config file")
+    if stage.kind == "setup":
+      if members_started:
+        raise ValueError(f"{where}: setup stages run before the members' stages: list "
+                         "them first")
+      if not stage.args or stage.inputs or stage.config:
+        raise ValueError(f"{where}: a setup stage is a command (argv) and nothing else")
+      seen[stage.name] = stage
+      continue
+    members_started = True
     for flag, source in stage.inputs:
       if source not in seen:
         raise ValueError(f"{where}: its --{flag} comes from {source!r}, which is not an "
                          "earlier stage")
-      if seen[source].kind == "evaluate":
-        raise ValueError(f"{where}: --{flag} cannot come from evaluate stage {source!r}")
+      if seen[source].kind in ("evaluate", "setup"):
+        raise ValueError(f"{where}: --{flag} cannot come from {seen[source].kind} stage "
+                         f"{source!r} (use {SWEEP}/... for a setup stage's output)")
     for arg in stage.args:
       if arg.startswith("--config."):
         raise ValueError(f"{where}: {arg}: give config overrides as the stage's "
@@ -150,6 +176,8 @@ def command(stage: Stage, overrides: Mapping[str, Any]) -> List[str]:
   `overrides`: the dot paths and values this stage gets (member's and stage's own).
   argv[0] is `python`; the runner puts its own interpreter there.
   """
+  if stage.kind == "setup":
+    return list(stage.args)
   argv = ["python", "-m", _ENTRY[stage.kind]]
   if stage.kind == "train":
     argv += [f"--config={stage.config}", f"--workdir={stage.output(MEMBER)}"]
@@ -167,3 +195,13 @@ def command(stage: Stage, overrides: Mapping[str, Any]) -> List[str]:
 def fill(argv: Sequence[str], member_dir: str) -> List[str]:
   """A command template with the member's folder put in."""
   return [a.replace(MEMBER, member_dir) for a in argv]
+
+
+def with_workdir(stage: Stage, workdir: str) -> Stage:
+  """The stage with SWEEP (`{sweep}`) in its config and args replaced by `workdir`."""
+  return dataclasses.replace(stage, config=stage.config.replace(SWEEP, workdir),
+                             args=tuple(a.replace(SWEEP, workdir) for a in stage.args))
+
+
+def uses_workdir(stage: Stage) -> bool:
+  return SWEEP in stage.config or any(SWEEP in a for a in stage.args)
