@@ -211,3 +211,10 @@ def test_dry_run_lists_members_differences_and_commands_and_runs_nothing(tmp_pat
   assert "| broken | 0 | 3 |" in out and "| seed-1 | 1 | 1 |" in out
   assert f"--workdir={workdir}/seed-1/train" in out and "--config.seed=1" in out
   assert not workdir.exists()
+
+
+def test_parallel_members_get_disjoint_cores_or_none():
+  from bliperax.sweep import runner  # pylint: disable=g-import-not-at-top
+  assert runner.core_slots(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
+  assert runner.core_slots(3, [0, 1]) == [None, None, None]  # too few: no pinning
+  assert runner.core_slots(1, [0, 1]) == [None]

@@ -93,9 +93,17 @@ def read_sweep(config: str):
   return members, stages
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _absolute_config(spec_: str) -> str:
-  """A stage's `file.py[:arg]` with the file made absolute (subprocesses may run elsewhere)."""
+  """A stage's `file.py[:arg]` with the file made absolute (subprocesses may run
+  elsewhere): relative to the current folder, else to the checkout bliperax is in
+  (so `experiments/...` works from any folder)."""
   path, sep, arg = spec_.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(
+      os.path.join(_REPO, path)):
+    path = os.path.join(_REPO, path)
   return os.path.abspath(path) + sep + arg
 
 

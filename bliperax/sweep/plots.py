@@ -3,7 +3,7 @@
 - `loss.png`: every member's training loss against the step, one panel per train
   stage, all members in each panel.
 - `<metric>_vs_<swept key>.png`: each evaluation metric (and the final training loss)
-  against each swept value. Members that differ only in that key form one line; the
+  of the finished members against each swept value. Members that differ only in that key form one line; the
   other swept keys' values label the lines. Numeric values are placed on a numeric
   axis (log scale where they span 8x or more, as latents 2, 4, ..., 128 do); others
   (bools, strings) on an axis of categories in first-seen order.
@@ -49,8 +49,9 @@ def loss_curves(plt, curves: Dict[str, Dict[str, List]], path):
   for ax, stage in zip(axes[0], stage_names):
     for member, per_stage in curves.items():
       points = per_stage.get(stage) or []
-      if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=member, lw=1.2)
+      if points:  # (a one-point curve shows as a marker)
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=member, lw=1.2,
+                marker="o" if len(points) == 1 else None)
     ax.set_title(f"training loss: {stage}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
@@ -67,7 +68,9 @@ def _numeric(values: Sequence[Any]) -> bool:
 
 def metric_vs_key(plt, rows, metric: str, key: str, short: Dict[str, str], path):
   """One figure: `metric` against swept `key`; None when no member has both."""
-  have = [r for r in rows if key in r["overrides"] and isinstance(r.get(metric), (int, float))]
+  # Finished members only: a running member's last loss is not its final one.
+  have = [r for r in rows if key in r["overrides"] and r.get("status") == "done"
+          and isinstance(r.get(metric), (int, float))]
   if not have:
     return None
   xs_all = [spec.plain(r["overrides"][key]) for r in have]

@@ -91,7 +91,9 @@ class Display:
     self._shown: Dict[str, tuple] = {}
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._loop, name="sweep-progress", daemon=True)
-    self.lock = threading.Lock()  # held while printing: other messages take it too
+    # Held while printing. Reentrant: the runner's signal handler prints a message from
+    # the main thread, which may be inside update() at that moment.
+    self.lock = threading.RLock()
 
   def start(self) -> None:
     self._thread.start()

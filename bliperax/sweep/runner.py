@@ -26,7 +26,7 @@ so) instead of starting a second trainer on the same workdir.
 
 Stages run in their own session, so Ctrl-C reaches the runner only: it sends the
 running stages SIGTERM (the trainer saves a checkpoint and stops), records the
-members as interrupted and exits 130; a second Ctrl-C stops at once.
+members as interrupted and exits 130; a second Ctrl-C kills the stages and stops.
 
 --parallel=N on a host with C cores: each member's stages are pinned to C/N cores of
 their own (sched_setaffinity), so N trainers do not each size XLA's thread pools to all
@@ -119,6 +119,37 @@ class Runner:
     self.errors: Dict[str, str] = {}
     self.setup_failed: Optional[str] = None
 
+  # --- the whole sweep -------------------------------------------------------------
+
+  def run(self) -> Dict[str, str]:
+    """Runs the setup stages, then every member; returns {name: done|failed|interrupted}
+    (empty when a setup stage failed: `setup_failed` names it)."""
+    os.makedirs(self.workdir, exist_ok=True)
+    previous = self._install_signals()
+    try:
+      for stage in self.plan.setup:
+        if not self._setup(stage):
+          self.setup_failed = stage.name
+          return self.results
+      self._run_members()
+    finally:
+      self._restore_signals(previous)
+    return self.results
+
+  def _run_members(self) -> None:
+    self.display.start()
+    threads = [threading.Thread(target=self._member_thread, args=(m, s), daemon=True,
+                                name=f"sweep-{m.name}")
+               for m, s in zip(self.members, self.states)]
+    try:
+      for t in threads:  # each waits for a free slot: members start in order
+        t.start()
+      for t in threads:
+        while t.is_alive():
+          t.join(0.2)  # a short join keeps the main thread responsive to signals
+    finally:
+      self.display.stop()
+
   def _setup(self, stage: stages_lib.Stage) -> bool:
     """Runs a setup stage unless DIR/_setup/<name>.json records it done with the same
     command; returns whether it is done."""
@@ -154,36 +185,6 @@ class Runner:
             + _indent(tail(log_path)), flush=True)
     return code == 0
 
-  # --- the whole sweep -------------------------------------------------------------
-
-  def run(self) -> Dict[str, str]:
-    """Runs the setup stages, then every member; returns {name: done|failed|interrupted}
-    (empty when a setup stage failed: `setup_failed` names it)."""
-    os.makedirs(self.workdir, exist_ok=True)
-    previous = self._install_signals()
-    try:
-      for stage in self.plan.setup:
-        if not self._setup(stage):
-          self.setup_failed = stage.name
-          return self.results
-    finally:
-      self._restore_signals(previous)
-    previous = self._install_signals()
-    self.display.start()
-    threads = [threading.Thread(target=self._member_thread, args=(m, s), daemon=True,
-                                name=f"sweep-{m.name}")
-               for m, s in zip(self.members, self.states)]
-    try:
-      for t in threads:  # in order: a slot frees -> the next member starts
-        t.start()
-      for t in threads:
-        while t.is_alive():
-          t.join(0.2)  # a short join keeps the main thread responsive to signals
-    finally:
-      self.display.stop()
-      self._restore_signals(previous)
-    return self.results
-
   def _install_signals(self):
     if threading.current_thread() is not threading.main_thread():
       return None
@@ -191,7 +192,8 @@ class Runner:
 
     def handle(signum, frame):
       del frame
-      if self.stopping.is_set():  # the second one: stop now
+      if self.stopping.is_set():  # the second one: stop now, the stages too
+        self._signal_stages(signal.SIGKILL)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
@@ -199,15 +201,19 @@ class Runner:
       self.display.message(f"{signal.Signals(signum).name}: stopping: the running stages "
                            "get SIGTERM (training checkpoints and stops); again to "
                            "stop at once")
-      with self._procs_lock:
-        for proc in self._procs.values():
-          try:
-            proc.send_signal(signal.SIGTERM)
-          except ProcessLookupError:
-            pass
+      self._signal_stages(signal.SIGTERM)
     for s in previous:
       signal.signal(s, handle)
     return previous
+
+  def _signal_stages(self, signum) -> None:
+    # Not under _procs_lock: a signal handler must not wait for a lock its own
+    # (interrupted) thread may hold; a copy of the dict is enough.
+    for proc in list(self._procs.values()):
+      try:
+        proc.send_signal(signum)
+      except ProcessLookupError:
+        pass
 
   @staticmethod
   def _restore_signals(previous) -> None:
