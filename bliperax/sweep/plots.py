@@ -3,8 +3,8 @@
 - `loss.png`: every member's training loss against the step, one panel per train
   stage, all members in each panel.
 - `<metric>_vs_<swept key>.png`: each evaluation metric (and the final training loss)
-  of the finished members against each swept value. Members that differ only in that key form one line; the
-  other swept keys' values label the lines. Numeric values are placed on a numeric
+  of the finished members against each swept value. Members that differ only in
+  that key form one line; the other swept keys' values label the lines. Numeric values are placed on a numeric
   axis (log scale where they span 8x or more, as latents 2, 4, ..., 128 do); others
   (bools, strings) on an axis of categories in first-seen order.
 """
