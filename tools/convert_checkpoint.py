@@ -10,16 +10,29 @@
   python tools/convert_checkpoint.py --from=hf_backbones --siglip=SIGLIP_DIR \\
       --phi3=PHI3_DIR --dst=OUT_DIR [--seed=0]
 
-Any source (hf, orbax, hf_backbones) may go to either target (hf, orbax); --to
-defaults to orbax, or to hf when converting from orbax. The conversion is exact:
+  # A LoRA run (bliperax/lora): base + adapters merged -> HF checkpoint, and the
+  # adapters alone in PEFT's format (adapter_config.json + adapter_model.safetensors)
+  python tools/convert_checkpoint.py --from=lora --src=WORKDIR --dst=HF_DIR \\
+      [--peft_dst=PEFT_DIR]
+
+Any source (hf, orbax, hf_backbones, lora) may go to either target (hf, orbax); --to
+defaults to orbax, or to hf when converting from orbax or lora. The conversion is exact:
 without --dtype every tensor keeps its dtype and bits. It streams tensor by tensor
 and holds one copy of the weights at most (float32 4B: about 17.4 GB). Pickle files
 (pytorch_model.bin etc.) are never loaded. The destination appears only once complete.
 
+--from=lora reads a LoRA training run (bliperax/lora: the frozen base, the adapters,
+the run's lora settings) and merges the adapters into their kernels, W + alpha/r · A·B
+in float32; a base stored in bf16 is then written in float32 too, unless --dtype says
+otherwise. --peft_dst also writes the adapters alone (bliperax/convert/peft.py):
+`peft.PeftModel.from_pretrained(hf_model, PEFT_DIR)` puts them on the HF model built
+from the run's base, and computes what the merged checkpoint computes.
+
 Prints progress on stderr and, as the last stdout line, a JSON summary:
 {"from", "to", "src", "dst", "tensors", "parameters", "bytes", "dtype", "scan_layers",
-"seconds"}; tensors counts HF-layout tensors, bytes the weight data written. A bad
-input prints one line `error: ...` naming the file or tensor and exits with status 1.
+"seconds"}, plus {"peft_dst", "peft_tensors"} with --peft_dst; tensors counts HF-layout
+tensors, bytes the weight data written. A bad input prints one line `error: ...` naming
+the file or tensor and exits with status 1.
 Runs on CPU (JAX_PLATFORMS defaults to cpu).
 """
 import json
@@ -37,19 +50,20 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bliperax import atomic  # noqa: E402
-from bliperax.convert import hf, layout, mapping, params_io  # noqa: E402
+from bliperax.convert import hf, layout, mapping, params_io, peft  # noqa: E402
 from bliperax.convert.safetensors_io import CheckpointError  # noqa: E402
 
 _FROM = flags.DEFINE_enum(
-    "from", None, ["hf", "orbax", "hf_backbones"],
+    "from", None, ["hf", "orbax", "hf_backbones", "lora"],
     "Source: 'hf' = xGen-MM HF directory (config.json + model.safetensors or shards with "
     "model.safetensors.index.json); 'orbax' = bliperax parameter checkpoint (params/ + "
     "bliperax.json); 'hf_backbones' = HF SigLIP and Phi-3 directories (--siglip, --phi3): "
-    "a freshly initialised xGen-MM with both towers copied in.")
+    "a freshly initialised xGen-MM with both towers copied in; 'lora' = a LoRA training "
+    "run (--src: its workdir, checkpoints/ or a step folder): base and adapters merged.")
 _TO = flags.DEFINE_enum(
     "to", None, ["hf", "orbax"],
     "Target format (default: hf when --from=orbax, else orbax).")
-_SRC = flags.DEFINE_string("src", None, "Source directory (--from=hf or orbax).")
+_SRC = flags.DEFINE_string("src", None, "Source directory (--from=hf, orbax or lora).")
 _DST = flags.DEFINE_string("dst", None, "Destination directory; must be absent or empty "
                            "unless --overwrite.")
 _SIGLIP = flags.DEFINE_string("siglip", None, "--from=hf_backbones: HF SigLIP directory "
@@ -71,6 +85,9 @@ _MAX_SHARD_GB = flags.DEFINE_float(
     "max_shard_gb", 5.0, "HF output: largest safetensors shard in GiB; a checkpoint that "
     "fits in one is written as model.safetensors.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
+_PEFT_DST = flags.DEFINE_string(
+    "peft_dst", None, "--from=lora: also write the adapters alone in PEFT's format here "
+    "(adapter_config.json + adapter_model.safetensors, HF module names, float32).")
 
 
 def _check_flags(source: str, target: str) -> None:
@@ -87,16 +104,24 @@ def _check_flags(source: str, target: str) -> None:
       raise app.UsageError(f"--from={source} needs --src")
     if _SIGLIP.value or _PHI3.value:
       raise app.UsageError("--siglip/--phi3 are for --from=hf_backbones only")
+  if _PEFT_DST.value and source != "lora":
+    raise app.UsageError("--peft_dst needs --from=lora (only a LoRA run has adapters)")
   if _SCAN.value and target != "orbax":
     raise app.UsageError("--scan_layers applies to --to=orbax only (HF files are unscanned)")
   if _MAX_SHARD_GB.value <= 0:
     raise app.UsageError("--max_shard_gb must be positive")
   srcs = [_SRC.value] if _SRC.value else [_SIGLIP.value, _PHI3.value]
-  dst = pathlib.Path(_DST.value).absolute()
-  for s in srcs:
-    s = pathlib.Path(s).absolute()
-    if s == dst or s in dst.parents:
-      raise app.UsageError(f"--dst {dst} must not be (inside) the source {s}")
+  for flag, out in (("--dst", _DST.value), ("--peft_dst", _PEFT_DST.value)):
+    if not out:
+      continue
+    dst = pathlib.Path(out).absolute()
+    for s in srcs:
+      s = pathlib.Path(s).absolute()
+      if s == dst or s in dst.parents:
+        raise app.UsageError(f"{flag} {dst} must not be (inside) the source {s}")
+  if _PEFT_DST.value and (pathlib.Path(_PEFT_DST.value).absolute()
+                          == pathlib.Path(_DST.value).absolute()):
+    raise app.UsageError("--peft_dst must differ from --dst")
 
 
 def _cast_in_place(params: dict, dtype: str) -> dict:
@@ -118,7 +143,17 @@ def _set_layout(params: dict, cfg, scan: bool):
   return layout.unflatten(flat), cfg.with_numerics(scan_layers=scan)
 
 
-def _load(source: str, target: str):
+def _merge_lora(run) -> dict:
+  """A LoRA run's merged params; all float32 when the merge left mixed dtypes and no
+  --dtype will cast them (an HF tensor's fused parts must share one dtype)."""
+  params = run.merged()
+  dtypes = {np.dtype(x.dtype) for x in jax.tree.leaves(params)}
+  if len(dtypes) > 1 and not _DTYPE.value:
+    params = _cast_in_place(params, "float32")
+  return params
+
+
+def _load(source: str, target: str, run=None):
   """Reads the source: (params, model config, HF config dict or None)."""
   progress = _PROGRESS.value
   # The scan layout only matters for orbax output; HF export unstacks anyway.
@@ -129,12 +164,25 @@ def _load(source: str, target: str):
     return hf.load_backbones(_SIGLIP.value, _PHI3.value, jax.random.PRNGKey(_SEED.value),
                              dtype=_DTYPE.value or "float32", scan_layers=scan,
                              progress=progress)
-  params, cfg, hf_conf = params_io.load_params(_SRC.value, progress=progress)
+  if source == "lora":
+    params, cfg, hf_conf = _merge_lora(run), run.model_cfg, None
+  else:
+    params, cfg, hf_conf = params_io.load_params(_SRC.value, progress=progress)
   if _DTYPE.value and target == "orbax":
     params = _cast_in_place(params, _DTYPE.value)  # HF export casts while it streams
   if target == "orbax":
     params, cfg = _set_layout(params, cfg, scan)
   return params, cfg, hf_conf
+
+
+def _load_lora_run(src: str):
+  """The LoRA run at `src` (bliperax.lora.io); anything else there is a CheckpointError."""
+  from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliperax.lora import io as lora_io  # pylint: disable=g-import-not-at-top
+  try:
+    return lora_io.load_run(src)
+  except (checkpoints.CheckpointNotFound, ValueError) as e:  # no run, or not a LoRA one
+    raise CheckpointError(str(e)) from e
 
 
 def _summary(params: dict, cfg, target: str) -> dict:
@@ -157,7 +205,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
   source = _FROM.value
-  target = _TO.value or ("hf" if source == "orbax" else "orbax")
+  target = _TO.value or ("hf" if source in ("orbax", "lora") else "orbax")
   _check_flags(source, target)
   start = time.time()
   try:
@@ -165,7 +213,11 @@ def main(argv):
     if atomic.is_occupied(dst) and not _OVERWRITE.value:
       # Checked again when writing; failing here saves reading a whole model first.
       raise CheckpointError(f"{dst}: exists and is not empty (pass --overwrite to replace it)")
-    params, cfg, hf_conf = _load(source, target)
+    if _PEFT_DST.value and atomic.is_occupied(_PEFT_DST.value) and not _OVERWRITE.value:
+      raise CheckpointError(f"{_PEFT_DST.value}: exists and is not empty (pass --overwrite "
+                            "to replace it)")
+    run = _load_lora_run(_SRC.value) if source == "lora" else None
+    params, cfg, hf_conf = _load(source, target, run)
     stats = _summary(params, cfg, target)
     if target == "orbax":
       dst = params_io.save_params(_DST.value, params, cfg, hf_conf, overwrite=_OVERWRITE.value,
@@ -175,6 +227,11 @@ def main(argv):
                            max_shard_bytes=int(_MAX_SHARD_GB.value * 2**30),
                            overwrite=_OVERWRITE.value, progress=_PROGRESS.value,
                            dtype=_DTYPE.value)
+    if _PEFT_DST.value:
+      lora = run.settings
+      peft_dir = peft.save(_PEFT_DST.value, run.adapters, run.model_cfg, rank=int(lora.rank),
+                           alpha=float(lora.alpha), dropout=float(lora.get("dropout", 0.0)),
+                           overwrite=_OVERWRITE.value)
   except (CheckpointError, OSError) as e:
     # Expected failures (bad or missing input, destination in the way, disk full):
     # one line naming the file or tensor, no traceback.
@@ -187,6 +244,10 @@ def main(argv):
              "dtype": _DTYPE.value or "/".join(dtypes),
              "scan_layers": bool(target == "orbax" and cfg.numerics.scan_layers),
              "seconds": round(time.time() - start, 2)}
+  if _PEFT_DST.value:
+    modules = json.loads((peft_dir / peft.CONFIG_NAME).read_text())["target_modules"]
+    summary.update(peft_dst=str(pathlib.Path(peft_dir).absolute()),
+                   peft_tensors=2 * len(modules))  # lora_A and lora_B per module
   print(json.dumps(summary), flush=True)
 
 

@@ -4,6 +4,10 @@ The trainer, `tools/bench_train_step.py`, `tools/aot_compile.py` and the tests a
 through `TrainSetup.build` and its methods, so the sequence (mesh, abstract state
 and its shardings, sharded init, global batch, jit with explicit shardings, lower and
 compile) exists once. Nothing is allocated until `init_state` is called.
+
+With `cfg.lora.enabled` (bliperax/lora/config.py) the state is a LoraTrainState: the
+base parameters frozen (optionally stored in bf16), the optimizer built over the
+adapters alone, and `inference_params` merges them for evaluation.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import re
-from typing import Any, Callable, Dict, Iterator, Mapping
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -22,11 +26,14 @@ import optax
 from bliperax import sharding
 from bliperax.configs import model_config
 from bliperax.data import batch_spec
+from bliperax.lora import adapters as lora_adapters
+from bliperax.lora import config as lora_config
+from bliperax.lora.apply import Lora
 from bliperax.models import xgenmm
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
 from bliperax.train import optim
-from bliperax.train.step import TrainState, init_state, train_step
+from bliperax.train.step import TrainState, init_lora_state, init_state, train_step
 
 
 def rules_from(cfg: ml_collections.ConfigDict) -> sharding.Rules:
@@ -58,6 +65,7 @@ class TrainSetup:
     state_shardings: NamedShardings of the TrainState.
     abstract_state: ShapeDtypeStructs of the TrainState, with their shardings.
     step_fn: (state, batch) -> (state, metrics), not yet jitted.
+    lora: the adapters' plan and scale when the config trains LoRA, else None.
   """
   cfg: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
@@ -69,6 +77,7 @@ class TrainSetup:
   state_shardings: TrainState
   abstract_state: TrainState
   step_fn: Callable[..., Any]
+  lora: Optional[Lora] = None
 
   @classmethod
   def build(cls, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> "TrainSetup":
@@ -76,22 +85,39 @@ class TrainSetup:
     model_cfg = model_config(cfg)
     rules = rules_from(cfg)
     model = xgenmm.XGenMM(model_cfg, freeze_vision=vision_frozen(cfg))
-    abstract_params = nn.meta.unbox(xgenmm.abstract_params(model_cfg))
-    tx = optim.make(cfg.optim, abstract_params, cfg.total_steps)
+    boxed_params = xgenmm.abstract_params(model_cfg)
     dummy = xgenmm.dummy_inputs(model_cfg, batch=1, length=cfg.train.seq_len)
-    init_fn = functools.partial(init_state, model=model, tx=tx, dummy=dummy)
+    lora = Lora.from_config(model_cfg, cfg.lora) if lora_config.enabled(cfg) else None
+    if lora is None:
+      trained = nn.meta.unbox(boxed_params)
+    else:  # the optimizer sees the adapters only; the base gets no state at all
+      trained = nn.meta.unbox(lora_adapters.abstract(lora.plan, boxed_params, lora.rank))
+    tx = optim.make(cfg.optim, trained, cfg.total_steps)
+    if lora is None:
+      init_fn = functools.partial(init_state, model=model, tx=tx, dummy=dummy)
+    else:
+      init_fn = functools.partial(init_lora_state, model=model, tx=tx, dummy=dummy, lora=lora,
+                                  base_dtype=cfg.lora.get("base_dtype", ""))
     abstract_boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     state_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
     abstract_state = ckpt_lib.abstract_with_shardings(nn.meta.unbox(abstract_boxed),
                                                       state_shardings)
-    trainable = optim.trainable_mask(abstract_params, cfg.optim.get("freeze", ()))
+    trainable = optim.trainable_mask(trained, cfg.optim.get("freeze", ()))
+    extra = {} if lora is None else {"lora": lora, "dropout_seed": cfg.seed}
     step_fn = functools.partial(
         train_step, model=model, tx=tx, accum_steps=cfg.train.get("accum_steps", 1),
         lr_schedule=optim.schedule(cfg.optim, cfg.total_steps), trainable=trainable,
-        loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0))
+        loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0), **extra)
     return cls(cfg=cfg, mesh=mesh, model_cfg=model_cfg, rules=rules, model=model, tx=tx,
                init_fn=init_fn, state_shardings=state_shardings,
-               abstract_state=abstract_state, step_fn=step_fn)
+               abstract_state=abstract_state, step_fn=step_fn, lora=lora)
+
+  def inference_params(self, state: TrainState) -> Any:
+    """The parameters the model is evaluated with: `state.params`, or with LoRA the
+    base with the adapters merged in (float32 kernels)."""
+    if self.lora is None:
+      return state.params
+    return self.lora.merge(state.params, state.adapters)
 
   @contextlib.contextmanager
   def context(self) -> Iterator[None]:

@@ -10,10 +10,16 @@ With `loss_tokens_per_row` = K > 0 the head runs only at the first K loss positi
 of each row (losses.loss_positions) instead of all T: the same loss when no row has
 more than K loss tokens, and far cheaper when few tokens carry loss (SFT answers).
 Tokens past the cap are left out of the loss and counted in `dropped_loss_tokens`.
+
+With LoRA (`lora` given; bliperax/lora) the state is a `LoraTrainState`: `params` is
+the frozen base, `adapters` the trained tree, and the loss is differentiated with
+respect to the adapters alone (no gradient, update or optimizer state for the base).
+Without it the step is the plain one, operation for operation.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
@@ -21,6 +27,8 @@ import jax.numpy as jnp
 import optax
 
 from bliperax.data import batch_spec
+from bliperax.lora import adapters as adapters_lib
+from bliperax.lora.apply import Lora
 from bliperax.models.xgenmm import XGenMM
 from bliperax.train import losses
 
@@ -42,6 +50,27 @@ def init_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+@flax.struct.dataclass
+class LoraTrainState(TrainState):
+  """`params`: the frozen base; `adapters`: the LoRA tree the optimizer trains
+  (`opt_state` is its state alone)."""
+  adapters: Any = None
+
+
+def init_lora_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
+                    dummy: Dict[str, jax.Array], lora: Lora,
+                    base_dtype: str = "") -> LoraTrainState:
+  """Fresh LoRA state, boxed like `init_state`'s: the base drawn from `rng` exactly as
+  `init_state` draws it (then cast to `base_dtype` if given), the adapters from a key
+  folded from it, the optimizer state over the adapters only."""
+  params = model.init(rng, **dummy)["params"]
+  if base_dtype:
+    params = jax.tree.map(lambda p: p.astype(base_dtype), params)
+  adapters = adapters_lib.init(jax.random.fold_in(rng, 1), lora.plan, params, lora.rank)
+  return LoraTrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=tx.init(adapters), adapters=adapters)
+
+
 def _split_micro(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
   """[B, ...] -> [k, B/k, ...] with micro-batch j = rows j, j+k, j+2k, ...
 
@@ -59,9 +88,14 @@ def _split_micro(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
                tx: optax.GradientTransformation, accum_steps: int,
                lr_schedule: Callable[[jax.Array], jax.Array],
-               trainable: Any, loss_tokens_per_row: int = 0
-               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One optimizer step on a global batch; returns the new state and scalar metrics."""
+               trainable: Any, loss_tokens_per_row: int = 0, lora: Optional[Lora] = None,
+               dropout_seed: int = 0) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns the new state and scalar metrics.
+
+  With `lora`, `state` is a LoraTrainState and `trainable` masks the adapter tree;
+  adapter dropout draws from `dropout_seed` folded with the step and micro-batch, so a
+  resumed run draws the same masks.
+  """
   labels = batch["labels"]
   wanted = jnp.sum(labels[:, 1:] != batch_spec.IGNORE)
   if loss_tokens_per_row:
@@ -70,33 +104,53 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
     count = wanted
   denom = jnp.maximum(count, 1).astype(jnp.float32)
 
-  def loss_fn(params, micro):
+  # The tree being trained: all parameters, or (LoRA) the adapters on a frozen base.
+  weights = state.params if lora is None else state.adapters
+  dropout = lora is not None and lora.dropout > 0
+
+  def loss_fn(weights, micro, rng=None):
     inputs = batch_spec.model_inputs(micro)
-    hidden = model.apply({"params": params}, **inputs, method=XGenMM.features)
-    if loss_tokens_per_row:
-      positions, targets, _ = losses.loss_positions(micro["labels"], loss_tokens_per_row)
-      hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [b, K, D]
+    if lora is None:
+      variables, context, rngs = {"params": weights}, contextlib.nullcontext(), {}
     else:
-      hidden, targets = hidden[:, :-1], micro["labels"][:, 1:]  # t predicts label t+1
-    base, added = model.apply({"params": params}, hidden, method=XGenMM.logit_parts)
+      variables = {"params": lora.params(state.params, weights)}
+      context = lora.intercept(train=True)
+      rngs = {"rngs": {"dropout": rng}} if dropout else {}
+    with context:
+      hidden = model.apply(variables, **inputs, method=XGenMM.features, **rngs)
+      if loss_tokens_per_row:
+        positions, targets, _ = losses.loss_positions(micro["labels"], loss_tokens_per_row)
+        hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [b, K, D]
+      else:
+        hidden, targets = hidden[:, :-1], micro["labels"][:, 1:]  # t predicts label t+1
+      base, added = model.apply(variables, hidden, method=XGenMM.logit_parts)
     nll = losses.decoupled_nll(base, added, targets, model.config.text.base_vocab)
     return jnp.sum(nll) / denom
 
   grad_fn = jax.value_and_grad(loss_fn)
+  step_key = (jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step)
+              if dropout else None)
   if accum_steps == 1:
-    loss, grads = grad_fn(state.params, batch)
+    loss, grads = grad_fn(weights, batch, step_key)
   else:
-    def body(carry, micro):
+    def body(carry, xs):
+      if step_key is None:
+        micro, rng = xs, None
+      else:  # micro-batch j draws its dropout from the step's key and j
+        micro, rng = xs[0], jax.random.fold_in(step_key, xs[1])
       loss_acc, grad_acc = carry
-      loss, grads = grad_fn(state.params, micro)
+      loss, grads = grad_fn(weights, micro, rng)
       return (loss_acc + loss, jax.tree.map(jnp.add, grad_acc, grads)), None
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                    _split_micro(batch, accum_steps))
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), weights)
+    init = (jnp.zeros((), jnp.float32), zeros)
+    micros = _split_micro(batch, accum_steps)
+    if step_key is not None:
+      micros = (micros, jnp.arange(accum_steps))
+    (loss, grads), _ = jax.lax.scan(body, init, micros)
   grad_norm = optax.tree.norm(
       jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, weights)
+  weights = optax.apply_updates(weights, updates)
   metrics = {
       "loss": loss,
       "grad_norm": grad_norm,
@@ -105,4 +159,6 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
       "dropped_loss_tokens": wanted - count,
       "skipped_updates": opt_state.total_notfinite,
   }
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  if lora is None:
+    return TrainState(step=state.step + 1, params=weights, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, opt_state=opt_state, adapters=weights), metrics
