@@ -75,7 +75,9 @@ def intercept(scale: float, dropout: float = 0.0) -> Iterator[None]:
   """While active, Dense layers with adapters in their parameters add the low-rank path.
 
   `dropout` > 0 drops adapter inputs and needs a 'dropout' rng in `model.apply`; pass
-  0 for evaluation. Layers without adapters run untouched.
+  0 for evaluation. Each Dense draws its own mask, so q, k and v (one fused Linear in
+  PEFT, one mask there) get independent masks of the same rate. Layers without
+  adapters run untouched.
   """
   def adapt(next_fun, args, kwargs, context):
     y = next_fun(*args, **kwargs)
