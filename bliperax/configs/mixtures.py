@@ -77,6 +77,9 @@ SFT_INTERLEAVED = _sources(
 # Post-training data (the DPO and safety stages are not built yet, DESIGN.md §13):
 # VLFeedback preference pairs; VLGuard chats with SFT samples (~2k : 5k in the paper).
 DPO = _sources(True, ("vlfeedback", "vlfeedback", "preference", 1.0))
+# Safety (recipes.safety): VLGuard chats (tools/build_shards.py --format=vlguard) and SFT
+# chats drawn 2 : 5, the paper's ~2k VLGuard and 5k SFT samples. The paper repeats one
+# 5k subset; here SFT chats are drawn from the whole set (build a 5k folder to match).
 SAFETY = _sources(True, ("vlguard", "vlguard", "chat", 2.0), ("sft", "sft_1m", "chat", 5.0))
 
 MIXTURES: Dict[str, Tuple[Source, ...]] = {

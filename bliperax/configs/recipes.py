@@ -32,6 +32,7 @@ import ml_collections
 
 from bliperax.configs import mixtures
 from bliperax.configs.base import base, parse_arg
+from bliperax.lora import config as lora_config
 
 RANDOM_INIT = "random"
 _KNOBS = ("root", "init", "synthetic", "preset", "steps", "batch", "seq", "accum", "remat",
@@ -150,5 +151,41 @@ def sft_interleaved(preset: str, arg: Optional[str]) -> ml_collections.ConfigDic
                   extra=("crops",))
   c = _stage(preset, k, mixtures.SFT_INTERLEAVED, steps=2000, batch=64, seq=4096, crops=int(k.get("crops", 20)), lr=2e-5, warmup_steps=200,
              weight_decay=0.0)
+  _sft_eval(c, k)
+  return c
+
+
+# LoRA ranks of the post-training stages: about 2.5% of the language model, the
+# paper's share, on every Phi-3 projection (python -m bliperax.lora.count): rank 64 is
+# 2.63% of the 4B LLM, rank 100 2.49% of the 14B's. preset=tiny: rank 8 for both, so
+# the 14B configs still shrink to the 4B ones.
+LORA_RANKS = {"xgenmm_4b": 64, "xgenmm_14b": 100}
+_TINY_LORA_RANK = 8
+
+
+def _with_lora(c: ml_collections.ConfigDict, preset: str, k: Dict[str, str]) -> None:
+  """Adapters (alpha = 2 x rank) on a frozen base kept in bf16: the base takes no
+  update, so its float32 master copy would be half the memory for nothing."""
+  rank = _TINY_LORA_RANK if "preset" in k else LORA_RANKS[preset]
+  c.lora = lora_config.defaults()
+  c.lora.update(enabled=True, rank=rank, alpha=2.0 * rank, base_dtype="bfloat16")
+
+
+def safety(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Safety fine-tuning: VLGuard chats mixed with SFT chats, LoRA on the LLM, anyres.
+
+  The paper: VLGuard (~2k samples) with 5k SFT samples, 3 epochs, LoRA; the mixture's
+  weights are that 2 : 5 (mixtures.SAFETY). Its lr and batch are not published: lr
+  2e-4, weight decay 0 and 3% warmup are LLaVA-1.5's LoRA fine-tuning recipe (its
+  scripts/v1_5/finetune_task_lora.sh; VLGuard's README fine-tunes with LLaVA's
+  scripts). The SFT rows (batch 64 x 4096 tokens, 20 crops per row) hold ~4 samples
+  each, so 3 epochs of ~7k samples are ~80 steps (set steps= for your shards). From
+  the DPO export (or the SFT export). Extra knob: crops.
+  """
+  k = stage_knobs(arg, "safety", preset, "the DPO or SFT export, python -m bliperax.export",
+                  extra=("crops",))
+  c = _stage(preset, k, mixtures.SAFETY, steps=80, batch=64, seq=4096,
+             crops=int(k.get("crops", 20)), lr=2e-4, warmup_steps=3, weight_decay=0.0)
+  _with_lora(c, preset, k)
   _sft_eval(c, k)
   return c
