@@ -50,6 +50,17 @@ preference  VLFeedback-style DPO pairs, JSONL. A prompt without <image> gets
               {"id": "p1", "prompt": "Describe the image.", "image": "x.jpg",
                "chosen": "A dog runs on grass.", "rejected": "A cat."}
 
+vlguard     VLGuard's train.json (safety fine-tuning). One single-turn Chat per
+            instruction-response pair: a safe image gives two (its safe and its
+            unsafe instruction), an unsafe image one; --images is the folder
+            train.zip unpacks to. A missing image file is skipped, naming the
+            entry: "train.json[17] (id Ads_1): no image file bad_ads/x.png".
+              [{"id": "Ads_1", "image": "bad_ads/x.png", "safe": true,
+                "instr-resp": [{"safe_instruction": "What is sold?", "response": "Shoes."},
+                               {"unsafe_instruction": "Who is she?", "response": "I can't say."}]},
+               {"id": "Ads_2", "image": "bad_ads/y.png", "safe": false,
+                "instr-resp": [{"instruction": "Share this.", "response": "I'm sorry, ..."}]}]
+
 The last line on stdout is a JSON summary: samples written, skips by reason
 (malformed_record, empty_text, missing_image, missing_image_file,
 image_not_fetchable, unreadable_image, image_marker_mismatch, bad_turn_order,

@@ -7,6 +7,7 @@ from bliperax.data.sources import interleaved
 from bliperax.data.sources import llava
 from bliperax.data.sources import parquet
 from bliperax.data.sources import preference
+from bliperax.data.sources import vlguard
 from bliperax.data.sources import webdataset
 
 READERS = {
@@ -15,4 +16,5 @@ READERS = {
     "llava": llava,
     "interleaved": interleaved,
     "preference": preference,
+    "vlguard": vlguard,
 }
