@@ -12,7 +12,9 @@ _CORE = [
     "numpy",
     "pillow",
     "absl-py",
-    "etils[epath]",
+    # gs:// shard folders, init checkpoints, workdirs and exports (bliperax/paths.py):
+    # gcsfs behind etils.epath; Orbax and ArrayRecord read buckets themselves.
+    "etils[epath,epath-gcs]",
     "einops",
     "tqdm",
     "msgpack",
@@ -21,6 +23,7 @@ _CORE = [
     "grain",  # host input pipeline
     "tensorflow-datasets",  # TFDS sources (array_record format; no TensorFlow needed)
     "tensorboardX",  # training metrics
+    "matplotlib",  # the sweep tool's plots (bliperax/sweep/plots.py)
     "scikit-learn",  # the bundled digits of the main job (tools/make_digits.py)
 ]
 _TORCH = ["torch==2.13.0", "transformers>=4.41", "safetensors"]
@@ -44,7 +47,9 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=_CORE,
     extras_require={
-        "test": ["pytest", "pytest-xdist"] + _EVAL,
+        # gcp-storage-emulator: a local GCS for the gs:// tests (tests/gcs_emulator.py).
+        # peft: the LoRA export's adapters load onto the HF model (tests/test_lora.py).
+        "test": ["pytest", "pytest-xdist", "gcp-storage-emulator", "peft"] + _EVAL,
         "torch": _TORCH,
         "eval": _EVAL,
         "lmms": _LMMS + _EVAL,

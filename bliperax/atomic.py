@@ -23,6 +23,8 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from bliperax import paths
+
 
 def is_occupied(dst: os.PathLike) -> bool:
   """Whether writing `dst` would replace something: a file, or a non-empty directory.
@@ -30,7 +32,7 @@ def is_occupied(dst: os.PathLike) -> bool:
   An empty directory does not count, so a destination made ahead of time (a mount
   point, a fresh `mkdir`) can be written without asking to overwrite.
   """
-  dst = pathlib.Path(dst)
+  dst = paths.resolve(dst)  # also asked of bucket destinations (gs://)
   return dst.exists() and (not dst.is_dir() or any(dst.iterdir()))
 
 

@@ -4,7 +4,8 @@ r"""Export a training run's parameters as a parameter checkpoint: the next stage
   python -m bliperax.train --config=experiments/xgenmm_4b/sft.py:root=DATA,init=CKPT/pretrain_params ...
 
 --checkpoint takes a training workdir (its latest step), its checkpoints/ folder or
-one step folder `checkpoints/<step>/`, or a parameter checkpoint. The output
+one step folder `checkpoints/<step>/`, or a parameter checkpoint; both paths may be
+in a bucket (gs://). Only the parameters are read, not the optimizer state. The output
 (bliperax/convert/params_io.py: `params/` + `bliperax.json`) holds the parameters
 alone, as trained (float32 master weights, the run's layer layout: the trainer
 restacks them for the next stage's config), and its card names the source: the
@@ -15,7 +16,6 @@ The same export also converts to the HF layout: tools/convert_checkpoint.py
 --from=orbax --to=hf --src=OUTPUT.
 """
 import json
-import pathlib
 
 from absl import app, flags, logging
 
@@ -34,10 +34,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # After flag parsing: keeps --help fast.
   from bliperax import atomic  # pylint: disable=g-import-not-at-top
+  from bliperax import paths  # pylint: disable=g-import-not-at-top
   from bliperax.convert import params_io  # pylint: disable=g-import-not-at-top
   from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
 
-  output = pathlib.Path(_OUTPUT.value).absolute()
+  output = paths.resolve(_OUTPUT.value)  # local or gs://
   # Replacing an earlier export is the point of rerunning; replacing a folder that
   # is not one (a mistyped --output) would lose it.
   if atomic.is_occupied(output) and not (output / params_io.CARD).exists():

@@ -20,11 +20,13 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Dict, Iterable, Optional, Sequence
 
+from etils import epath
+
+from bliperax import paths
+
 FILENAME = "run_record.json"
-_TMP_PREFIX = ".run_record."  # in-flight writes of the record
 _SHOWN = 3  # differing keys named in the message; the rest are counted
 _VALUE_CHARS = 40  # long values (hashes, lists) are cut in the message
 _PACKAGE = pathlib.Path(__file__).resolve().parent
@@ -93,7 +95,7 @@ def check_or_write(directory: os.PathLike, record: Dict[str, Any], what: str,
   stopped before its first checkpoint, e.g. on a config error): a different record
   is replaced instead of refused, so fixing the config and rerunning just works.
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.resolve(directory)  # local or gs://
   path = directory / FILENAME
   fresh = fresh or f"remove {directory} or pass another --workdir"
   new = _normalized(record)
@@ -130,19 +132,10 @@ def _normalized(record: Dict[str, Any]) -> Dict[str, Any]:
   return json.loads(json.dumps(record, sort_keys=True))
 
 
-def _write_atomically(path: pathlib.Path, record: Dict[str, Any]) -> None:
-  # Temp file + rename: a reader (another process of the run, a crash) sees the whole
-  # record or none; concurrent writers of one run write equal records.
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(record, f, indent=1, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+def _write_atomically(path: epath.Path, record: Dict[str, Any]) -> None:
+  # A reader (another process of the run, a crash) sees the whole record or none;
+  # concurrent writers of one run write equal records.
+  paths.write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 _ABSENT = object()

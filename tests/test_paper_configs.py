@@ -26,6 +26,7 @@ from bliperax import cli
 from bliperax import run_record
 from bliperax.configs import mixtures
 from conftest import ROOT
+import gcs_emulator
 
 MODELS = ("xgenmm_4b", "xgenmm_14b")
 STAGES = ("pretrain", "sft", "sft_interleaved")
@@ -223,3 +224,61 @@ def test_the_stages_chain_on_the_tiny_paper_shards(paper_data, compilation_cache
     else:
       checkpoints.export(workdir, output)
     init, prev = output, stage
+
+
+@pytest.fixture(name="bucket")
+def _bucket(monkeypatch):
+  """A local GCS emulator's bucket URL, with every client pointed at it."""
+  if not gcs_emulator.available():
+    pytest.skip("gcp-storage-emulator is not installed (pip install -e '.[test]')")
+  # stop=False: tensorboardX's bucket writer uploads once more when it is
+  # collected, possibly at interpreter exit; the emulator ends with this process.
+  with gcs_emulator.running(stop=False) as env:
+    for name, value in env.items():
+      monkeypatch.setenv(name, value)
+    yield f"gs://{gcs_emulator.BUCKET}"
+
+
+def test_a_stage_reads_and_writes_a_bucket(paper_data, compilation_cache, bucket, tmp_path):
+  """root=, init=, --workdir and the export all on gs://: the pod's shared storage."""
+  del compilation_cache  # used for its effect
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from bliperax.convert import params_io  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
+  gcs_emulator.upload(paper_data, f"{bucket}/shards")
+  init = _tiny_backbones(f"{bucket}/backbones")  # written by params_io into the bucket
+  assert str(init) == f"{bucket}/backbones"
+  knobs = f"root={bucket}/shards,init={init},preset=tiny,steps=2,workers=0"
+  cfg = _config("xgenmm_4b", "pretrain", knobs)
+  workdir = f"{bucket}/runs/pretrain"
+  result = trainer.train(cfg, workdir)
+  assert result["step"] == 2 and result["loss"] > 0, result
+  run = epath.Path(workdir)
+  record = json.loads((run / run_record.FILENAME).read_text())
+  assert record["inputs"]["init"]["path"] == str(init)
+  assert all(s["paths"].startswith(f"{bucket}/shards/")
+             for s in record["config"]["data"]["sources"].values())
+  sources = record["inputs"]["data"]["sources"]
+  assert all(s["shards"] == 2 and s["bytes"] > 0 for s in sources.values()), sources
+  logged = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in logged][-1] == 2 and logged[-1]["loss"] == result["loss"]
+  # The same run again: restored from the bucket's checkpoint, nothing left to train.
+  again = trainer.train(cfg, workdir)
+  assert again["step"] == 2
+  # Export bucket -> bucket: the params alone, equal to what the checkpoint holds.
+  output = f"{bucket}/pretrain_params"
+  written = checkpoints.export(workdir, output)
+  assert str(written) == output
+  exported, _, _ = params_io.load_params(output)
+  local = checkpoints.export(workdir, tmp_path / "local_params")
+  from_local, _, _ = params_io.load_params(local)
+  for a, b in zip(jax_leaves(exported), jax_leaves(from_local), strict=True):
+    np.testing.assert_array_equal(a, b)
+  card = json.loads((epath.Path(output) / params_io.CARD).read_text())
+  assert card["source"]["workdir"] == workdir and card["source"]["step"] == 2
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(tree)

@@ -7,10 +7,12 @@ Every config has top-level total_steps, log_every and checkpoint_every;
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Optional
 
 import ml_collections
 
+from bliperax.lora import config as lora_config
 from bliperax.models import presets
 from bliperax.models.config import XGenMMConfig
 
@@ -39,9 +41,18 @@ def base(preset: str) -> ml_collections.ConfigDict:
   c.model.init_from = ""  # a converted parameter checkpoint (tools/convert_checkpoint.py)
   c.model.numerics = ml_collections.ConfigDict(dict(
       dtype="float32", param_dtype="float32", scan_layers=False, remat_policy="none"))
+  # Shape changes to the preset for ablations (unset = the preset's): visual tokens
+  # per crop (`--config.model.resampler.num_latents=64`, or a sweep's override).
+  c.model.resampler = ml_collections.ConfigDict(dict(
+      num_latents=ml_collections.config_dict.placeholder(int)))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  # Per-slice axis sizes, and the factors across slices (DCN) of a multi-slice run:
+  # `python -m bliperax.launch --num_slices=N` sets dcn_data=N (bliperax/sharding.py).
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1,
+                                          dcn_tensor=1))
   c.rules = ()  # () = bliperax.sharding.DEFAULT_RULES; else ((logical, mesh axes), ...)
+  # LoRA adapters on a frozen base (bliperax/lora/config.py; off unless enabled).
+  c.lora = lora_config.defaults()
 
   # bliperax/DESIGN.md §9: AdamW, clip 1.0, cosine with linear warmup; the ViT stays frozen.
   c.optim = ml_collections.ConfigDict(dict(
@@ -59,6 +70,16 @@ def base(preset: str) -> ml_collections.ConfigDict:
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> XGenMMConfig:
-  """The model preset of `cfg.model.preset` with `cfg.model.numerics` applied."""
+  """The model preset of `cfg.model.preset` with `cfg.model.numerics` and the set
+  fields of `cfg.model.resampler` applied."""
   numerics = dict(cfg.model.get("numerics", {}))
-  return presets.get(cfg.model.preset, **numerics)
+  model = presets.get(cfg.model.preset, **numerics)
+  resampler = {k: v for k, v in dict(cfg.model.get("resampler", {})).items()
+               if v is not None}
+  if resampler:
+    unknown = sorted(set(resampler) - {f.name for f in dataclasses.fields(model.resampler)})
+    if unknown:
+      raise ValueError(f"config model.resampler: unknown field(s) {', '.join(unknown)}")
+    model = dataclasses.replace(model, resampler=dataclasses.replace(model.resampler,
+                                                                     **resampler))
+  return model

@@ -5,7 +5,8 @@ Layout of a directory written by `save_params`:
                   `ocp.StandardCheckpointer`
   bliperax.json   {"format": 1, "model": <XGenMMConfig dict>, "hf_config": <source config.json>,
                    "source": <what it was made from, optional: an export's workdir and step>}
-The directory appears only when complete (written beside it, then renamed).
+The directory appears only when complete (written beside it, then renamed); in a
+bucket, where nothing renames, the card is written last and marks it complete.
 
 Memory (one copy of the weights, measured on a float32 4B model: 16.2 GiB of weights,
 16.7-17.1 GiB peak RSS either way): Orbax's defaults would hold about three copies of
@@ -31,8 +32,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import type_handlers
 import tqdm
+from etils import epath
 
 from bliperax import atomic
+from bliperax import paths
 from bliperax.convert.safetensors_io import CheckpointError
 from bliperax.models import config as config_lib
 from bliperax.models.config import XGenMMConfig
@@ -103,42 +106,65 @@ class _DiskProgress:
 
 def save_params(dst: os.PathLike, params: dict, cfg: XGenMMConfig,
                 hf_config: Optional[dict] = None, overwrite: bool = False,
-                progress: bool = False, source: Optional[dict] = None) -> pathlib.Path:
+                progress: bool = False, source: Optional[dict] = None) -> epath.Path:
   """Writes `params` (numpy or jax arrays) and the model card to the directory `dst`.
 
   Args:
-    dst: output directory; must be absent or empty unless `overwrite`.
+    dst: output directory, local or in a bucket (`gs://`); must be absent or empty
+      unless `overwrite`.
     params: nested parameter dict (boxed logical-axis metadata is unboxed).
     cfg: the model config, recorded in the card (scan layout included).
     hf_config: the HF config.json the weights came from, kept for a later export.
     overwrite: replace a non-empty `dst` (only once the new one is complete).
-    progress: show a progress bar (bytes written).
+    progress: show a progress bar (bytes written; local destinations).
     source: what the parameters were made from (an export's training workdir and
       step), kept in the card as "source" so a run started from them can say so.
   Returns:
-    `dst` as an absolute path.
+    `dst` as an epath.Path (absolute when local).
   Raises:
     CheckpointError: `dst` is in the way.
   """
-  dst = pathlib.Path(dst).absolute()
+  dst = paths.resolve(dst)
   if atomic.is_occupied(dst) and not overwrite:
     raise CheckpointError(f"{dst}: exists and is not empty (pass overwrite to replace it)")
   params = flax_unbox(params)
+  card = {"format": FORMAT, "model": config_lib.to_dict(cfg), "hf_config": hf_config}
+  if source is not None:
+    card["source"] = source
+  if paths.is_remote(dst):
+    _save_remote(dst, params, card)
+    return dst
   with atomic.atomic_directory(dst) as tmp:
     total = sum(int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
                 for x in jax.tree.leaves(params))
     with _DiskProgress(tmp, total, f"write {dst.name}", progress), \
         ocp.Checkpointer(_handler()) as ckptr:
-      # ocdbt_target_data_file_size=0: Orbax would otherwise cut every array above
-      # 2 GiB (stacked layers, e.g. [32, 3072, 8192]) into chunks, and TensorStore
-      # copies a chunked array whole before writing (measured: +3 GiB per 3 GiB
-      # array). Unchunked, it writes straight from the array.
-      ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params, ocdbt_target_data_file_size=0))
-    card = {"format": FORMAT, "model": config_lib.to_dict(cfg), "hf_config": hf_config}
-    if source is not None:
-      card["source"] = source
+      _save_tree(ckptr, tmp / "params", params)
     (tmp / CARD).write_text(json.dumps(card, indent=1))
   return dst
+
+
+def _save_tree(ckptr: ocp.Checkpointer, directory, params: dict) -> None:
+  # ocdbt_target_data_file_size=0: Orbax would otherwise cut every array above
+  # 2 GiB (stacked layers, e.g. [32, 3072, 8192]) into chunks, and TensorStore
+  # copies a chunked array whole before writing (measured: +3 GiB per 3 GiB
+  # array). Unchunked, it writes straight from the array.
+  ckptr.save(directory, args=ocp.args.PyTreeSave(params, ocdbt_target_data_file_size=0))
+
+
+def _save_remote(dst, params: dict, card: dict) -> None:
+  """Writes into a bucket, where no directory renames: the card is the commit.
+
+  `read_card` accepts only a folder with a card, and the card is written last, so
+  an interrupted write (or replacement: the old card goes first) is never taken
+  for a checkpoint.
+  """
+  paths.remove_tree(dst / CARD)
+  paths.remove_tree(dst / "params")
+  dst.mkdir(parents=True, exist_ok=True)
+  with ocp.Checkpointer(_handler()) as ckptr:
+    _save_tree(ckptr, dst / "params", params)
+  (dst / CARD).write_text(json.dumps(card, indent=1))
 
 
 def flax_unbox(params):
@@ -147,7 +173,7 @@ def flax_unbox(params):
 
 
 def read_card(src: os.PathLike) -> Tuple[XGenMMConfig, Optional[dict]]:
-  src = pathlib.Path(src)
+  src = paths.resolve(src)
   card_path = src / CARD
   if not card_path.exists():
     raise CheckpointError(f"{src}: not a bliperax parameter checkpoint (no {CARD})")
@@ -172,17 +198,39 @@ def load_params(src: os.PathLike, progress: bool = False
   array at once: a 4B model with stacked layers then peaked above 27 GB. In batches
   the transient is one batch (or the largest array), on top of one copy of the weights.
   """
-  src = pathlib.Path(src).absolute()
+  src = paths.resolve(src)  # local or gs://
   cfg, hf_config = read_card(src)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-    meta = ckptr.metadata(src / "params")
+  return restore_arrays(src / "params", progress=progress), cfg, hf_config
+
+
+def restore_arrays(directory: os.PathLike, subtree: Optional[str] = None,
+                   progress: bool = False) -> dict:
+  """The arrays of an Orbax PyTree checkpoint as host numpy arrays, in batches.
+
+  Args:
+    directory: the checkpoint folder (`params/` of a parameter checkpoint, or a
+      training step's `state/`), local or gs://.
+    subtree: read only this top-level key (e.g. "params" of a train state: the
+      optimizer state, twice the parameters' bytes, is never read) and return it.
+    progress: show a progress bar (bytes read).
+  """
+  directory = paths.resolve(directory)
+  # The handler, not a Checkpointer: a training step's `state/` keeps its
+  # checkpoint-level metadata one folder up, and a Checkpointer warns about that.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    meta = handler.metadata(directory)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
-    leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_array_meta)
-    sizes = [_nbytes(m) if _is_array_meta(m) else 0 for m in leaves]
-    out = list(leaves)
-    bar = tqdm.tqdm(total=sum(sizes), desc=f"read {src.name}", unit="B", unit_scale=True,
-                    unit_divisor=1024, disable=not progress)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_meta)
+    wanted = [subtree is None or _top_key(path) == subtree for path, _ in leaves]
+    if subtree is not None and not any(wanted):
+      raise CheckpointError(f"{directory}: no {subtree!r} in the checkpoint")
+    leaves = [m for _, m in leaves]
+    sizes = [_nbytes(m) if w and _is_array_meta(m) else 0 for m, w in zip(leaves, wanted)]
+    out = [m if w else ocp.PLACEHOLDER for m, w in zip(leaves, wanted)]
+    bar = tqdm.tqdm(total=sum(sizes), desc=f"read {directory.parent.name}", unit="B",
+                    unit_scale=True, unit_divisor=1024, disable=not progress)
     with bar:
       for batch in _batches(sizes, _RESTORE_BATCH_BYTES):
         chosen = set(batch)
@@ -190,7 +238,7 @@ def load_params(src: os.PathLike, progress: bool = False
                 for i, m in enumerate(leaves)]
         args = [ocp.RestoreArgs(restore_type=np.ndarray) if i in chosen else ocp.PLACEHOLDER
                 for i in range(len(leaves))]
-        got = ckptr.restore(src / "params", args=ocp.args.PyTreeRestore(
+        got = handler.restore(directory, args=ocp.args.PyTreeRestore(
             item=jax.tree.unflatten(treedef, item),
             restore_args=jax.tree.unflatten(treedef, args)))
         got = jax.tree.leaves(got, is_leaf=lambda x: x is ocp.PLACEHOLDER)
@@ -198,7 +246,15 @@ def load_params(src: os.PathLike, progress: bool = False
         for i in batch:
           out[i] = got[i]
         bar.update(sum(sizes[i] for i in batch))
-  return jax.tree.unflatten(treedef, out), cfg, hf_config
+  finally:
+    handler.close()
+  restored = jax.tree.unflatten(treedef, out)
+  return restored[subtree] if subtree is not None else restored
+
+
+def _top_key(path) -> str:
+  entry = path[0]
+  return str(getattr(entry, "key", getattr(entry, "name", entry)))
 
 
 _RESTORE_BATCH_BYTES = 1 << 30

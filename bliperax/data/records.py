@@ -14,6 +14,7 @@ import pathlib
 import re
 from typing import Iterator, Sequence
 
+from bliperax import paths as storage  # `paths` names arguments here
 from bliperax.data import schema
 
 SHARD_SUFFIX = ".array_record"
@@ -124,13 +125,23 @@ class ShardSetWriter:
       self.abort()
 
 
+def _listing(pattern: str) -> list[str]:
+  """The shard files a directory or glob names, locally or in a bucket (`gs://`)."""
+  if storage.is_remote(pattern):
+    directory = storage.resolve(pattern)
+    if not directory.is_dir():  # a glob over file names: gs://b/set/caption-*
+      directory, name = directory.parent, directory.name
+      return sorted(str(p) for p in directory.glob(name) if _SHARD_NAME.fullmatch(p.name))
+    return sorted(str(p) for p in directory.iterdir() if _SHARD_NAME.fullmatch(p.name))
+  if os.path.isdir(pattern):
+    return [str(p) for p in sorted(pathlib.Path(pattern).iterdir())
+            if _SHARD_NAME.fullmatch(p.name)]
+  return sorted(p for p in glob.glob(pattern) if _SHARD_NAME.fullmatch(os.path.basename(p)))
+
+
 def _expand(pattern: str) -> list[str]:
   """Shards named by a directory or a glob; checks that each set is complete."""
-  if os.path.isdir(pattern):
-    found = [str(p) for p in sorted(pathlib.Path(pattern).iterdir())
-             if _SHARD_NAME.fullmatch(p.name)]
-  else:
-    found = sorted(p for p in glob.glob(pattern) if _SHARD_NAME.fullmatch(os.path.basename(p)))
+  found = _listing(pattern)
   if not found:
     raise FileNotFoundError(f"no {SHARD_SUFFIX} shards match {pattern!r}")
   sets = {}
@@ -149,8 +160,9 @@ def _expand(pattern: str) -> list[str]:
 def shard_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
   """Resolves shard paths, directories and glob patterns to shard files.
 
-  Explicit file paths are kept as given (a host may read a subset of a set);
-  directories and globs must name complete sets. `.tmp` files, left by a
+  Paths may be local or in a bucket (`gs://bucket/shards/caption`; ArrayRecord
+  reads those itself). Explicit file paths are kept as given (a host may read a
+  subset of a set); directories and globs must name complete sets. `.tmp` files, left by a
   build that did not finish, are never accepted.
   """
   if isinstance(paths, (str, os.PathLike)):
@@ -159,7 +171,7 @@ def shard_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
   for p in map(os.fspath, paths):
     if p.endswith(TMP_SUFFIX):
       raise ValueError(f"{p} is an unfinished shard (a build was interrupted)")
-    if os.path.isfile(p):
+    if storage.resolve(p).is_file():
       out.append(p)
     else:
       out.extend(_expand(p))

@@ -5,19 +5,24 @@ Accepted paths:
   * a training workdir (`python -m bliperax.train --workdir=...`): its latest step;
   * its `checkpoints/` folder, or one step folder `checkpoints/<step>/`.
 For training checkpoints the model config comes from `checkpoints/config.json`
-(the experiment config the trainer saved), so nothing else has to be passed.
+(the experiment config the trainer saved), so nothing else has to be passed; a
+LoRA run's adapters (bliperax/lora) come merged into their kernels. Paths may be
+in a bucket (gs://).
 """
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 from typing import Tuple
 
 import ml_collections
+from etils import epath
 
 from bliperax import configs
+from bliperax import paths
 from bliperax.convert import params_io
+from bliperax.lora import config as lora_config
+from bliperax.lora.apply import Lora
 from bliperax.models.config import XGenMMConfig
 
 
@@ -25,7 +30,7 @@ class CheckpointNotFound(FileNotFoundError):
   """The path is neither a parameter checkpoint nor a training checkpoint."""
 
 
-def _step_dir(path: pathlib.Path) -> pathlib.Path:
+def step_dir(path: epath.Path) -> epath.Path:
   """The step folder holding `state/` for a workdir, checkpoints/ or step path."""
   if (path / "state").is_dir():
     return path
@@ -39,10 +44,11 @@ def _step_dir(path: pathlib.Path) -> pathlib.Path:
   return max(steps, key=lambda p: int(p.name))
 
 
-def _train_config(step_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  config_path = step_dir.parent / "config.json"
+def train_config(step: epath.Path) -> ml_collections.ConfigDict:
+  """The experiment config a training step folder was saved by."""
+  config_path = step.parent / "config.json"
   if not config_path.exists():
-    raise CheckpointNotFound(f"{step_dir}: no {config_path.name} beside the step folders, "
+    raise CheckpointNotFound(f"{step}: no {config_path.name} beside the step folders, "
                              "so the model config is unknown")
   return ml_collections.ConfigDict(json.loads(config_path.read_text()))
 
@@ -53,19 +59,22 @@ def load(path: str | os.PathLike) -> Tuple[dict, XGenMMConfig]:
   Raises:
     CheckpointNotFound: nothing loadable at `path`.
   """
-  path = pathlib.Path(path).absolute()
+  path = paths.resolve(path)  # local or gs://
   if not path.exists():
     raise CheckpointNotFound(f"{path}: does not exist")
   if (path / params_io.CARD).exists():
     params, model_cfg, _ = params_io.load_params(path)
     return params, model_cfg
-  step_dir = _step_dir(path)
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  model_cfg = configs.model_config(_train_config(step_dir))
-  # No target tree: Orbax restores what was saved (params and optimizer state);
-  # only the params are kept.
-  state = ocp.StandardCheckpointer().restore(step_dir / "state")
-  return state["params"], model_cfg
+  step = step_dir(path)
+  train_cfg = train_config(step)
+  model_cfg = configs.model_config(train_cfg)
+  # Only the params: the optimizer state (Adam's two moments, twice the params'
+  # bytes: ~110 GB more for 14B) stays on disk.
+  params = params_io.restore_arrays(step / "state", subtree="params")
+  if lora_config.enabled(train_cfg):  # a LoRA run: its frozen base + its adapters
+    adapters = params_io.restore_arrays(step / "state", subtree="adapters")
+    params = Lora.from_config(model_cfg, train_cfg.lora).merge(params, adapters)
+  return params, model_cfg
 
 
 def source_of(path: str | os.PathLike) -> dict:
@@ -76,18 +85,18 @@ def source_of(path: str | os.PathLike) -> dict:
   a parameter checkpoint: {"params": path}.
   """
   from bliperax import run_record  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path).absolute()
+  path = paths.resolve(path)
   if (path / params_io.CARD).exists():
     return {"params": str(path)}
-  step_dir = _step_dir(path)
-  workdir = step_dir.parent.parent  # WORKDIR/checkpoints/<step>
+  step = step_dir(path)
+  workdir = step.parent.parent  # WORKDIR/checkpoints/<step>
   record = workdir / run_record.FILENAME
-  return {"workdir": str(workdir), "step": int(step_dir.name),
+  return {"workdir": str(workdir), "step": int(step.name),
           "run_record": (run_record.digest(json.loads(record.read_text()))
                          if record.exists() else None)}
 
 
-def export(path: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
+def export(path: str | os.PathLike, dst: str | os.PathLike) -> epath.Path:
   """Writes the params at `path` as a parameter checkpoint (for `model.init_from`).
 
   The card records where they came from (`source_of`); `dst` is replaced only once

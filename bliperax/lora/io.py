@@ -2,21 +2,19 @@
 
 A LoRA run (`cfg.lora.enabled`, bliperax/lora/config.py) saves a LoraTrainState: the
 base parameters under `params`, the adapters under `adapters`, and an optimizer
-state over the adapters only, so restoring all of it costs about one copy of the
-base. The run's `checkpoints/config.json` holds the `lora` block (targets, rank,
+state over the adapters only; `load_run` reads the first two (local or gs://). The run's `checkpoints/config.json` holds the `lora` block (targets, rank,
 alpha), from which the plan is rebuilt for the run's own model config.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pathlib
 from typing import Any
 
 import ml_collections
 
 from bliperax import configs
+from bliperax import paths
 from bliperax.lora import config as lora_config
 from bliperax.lora.apply import Lora
 from bliperax.models.config import XGenMMConfig
@@ -46,21 +44,22 @@ def load_run(path: str | os.PathLike) -> Run:
     infer.checkpoints.CheckpointNotFound: no training checkpoint at `path`.
     ValueError: the run did not train LoRA adapters.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from bliperax.convert import params_io  # pylint: disable=g-import-not-at-top
   from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
   source = checkpoints.source_of(path)
   if "workdir" not in source:
     raise ValueError(f"{path}: a parameter checkpoint holds no adapters; give the LoRA "
                      "run's workdir, its checkpoints/ or a step folder")
-  step_dir = pathlib.Path(source["workdir"]) / "checkpoints" / str(source["step"])
-  train_cfg = ml_collections.ConfigDict(
-      json.loads((step_dir.parent / "config.json").read_text()))
+  step = checkpoints.step_dir(paths.resolve(path))
+  train_cfg = checkpoints.train_config(step)
   if not lora_config.enabled(train_cfg):
     raise ValueError(f"{path}: not a LoRA run (its config has no lora.enabled)")
   model_cfg = configs.model_config(train_cfg)
-  state = ocp.StandardCheckpointer().restore(step_dir / "state")
-  if "adapters" not in state:
-    raise ValueError(f"{step_dir}: the saved state has no adapters")
-  return Run(base=state["params"], adapters=state["adapters"],
+  try:  # the base and the adapters; the adapters' optimizer state stays on disk
+    base = params_io.restore_arrays(step / "state", subtree="params")
+    adapters = params_io.restore_arrays(step / "state", subtree="adapters")
+  except params_io.CheckpointError as e:
+    raise ValueError(f"{step}: the saved state has no adapters") from e
+  return Run(base=base, adapters=adapters,
              lora=Lora.from_config(model_cfg, train_cfg.lora), model_cfg=model_cfg,
              settings=train_cfg.lora, source=source)

@@ -3,18 +3,20 @@
 Each step directory `checkpoints/<step>/` holds two items: `state` (the sharded
 TrainState) and `data` (the iterator state as JSON). Saves are asynchronous; Orbax
 writes into a temporary directory and renames it when complete, so a crash mid-save
-leaves the previous checkpoint as the latest valid one. Restores take an abstract
+leaves the previous checkpoint as the latest valid one (on a bucket, where nothing
+renames, Orbax marks a finished step with a commit file instead). Restores take an abstract
 state with target shardings, so a run can resume on a different mesh.
 """
 from __future__ import annotations
 
 import base64
 import os
-import pathlib
 from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from bliperax import paths
 
 
 def _encode(data_state: Any) -> Any:
@@ -33,7 +35,7 @@ def _decode(data_state: Any) -> Any:
 class Checkpointer:
 
   def __init__(self, directory: os.PathLike, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = paths.resolve(directory)  # local or gs://
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -63,7 +65,7 @@ class Checkpointer:
 
 def has_checkpoint(directory: os.PathLike) -> bool:
   """Whether `directory` holds a finished step (Orbax renames `<step>` into place last)."""
-  directory = pathlib.Path(directory)
+  directory = paths.resolve(directory)
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 

@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pathlib
 from typing import Any, Dict, Iterable
 
 import ml_collections
+from etils import epath
+
+from bliperax import paths
 
 RANDOM = "random"
 
 
-def files_digest(files: Iterable[pathlib.Path], root: pathlib.Path) -> Dict[str, Any]:
+def files_digest(files: Iterable[epath.Path], root: epath.Path) -> Dict[str, Any]:
   """{"files": sha256 of (relative name, size) pairs, "bytes": their total size}."""
   digest, total = hashlib.sha256(), 0
-  for path in sorted(files):
-    size = path.stat().st_size
+  for path in sorted(files, key=lambda p: p.parts):
+    size = paths.size(path)
     total += size
-    digest.update(f"{os.path.relpath(path, root)}\0{size}\0".encode())
+    digest.update(f"{paths.relative(path, root)}\0{size}\0".encode())
   return {"files": digest.hexdigest(), "bytes": total}
 
 
@@ -44,13 +45,13 @@ def describe_init(init_from: str) -> Any:
   if not init_from:
     return RANDOM
   from bliperax.convert import params_io  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(init_from).absolute()
+  path = paths.resolve(init_from)
   try:
     params_io.read_card(path)
   except (params_io.CheckpointError, OSError) as e:
     raise ValueError(f"model.init_from: {e}") from e
   card = json.loads((path / params_io.CARD).read_text())
-  files = [p for p in (path / "params").rglob("*") if p.is_file()]
+  files = list(paths.files_under(path / "params"))
   return {"path": str(path), "source": card.get("source"),
           **files_digest(files + [path / params_io.CARD], path)}
 
@@ -68,10 +69,10 @@ def describe_data(data: ml_collections.ConfigDict) -> Dict[str, Any]:
       sources[spec.name] = {"tfds": spec.tfds}
       continue
     try:
-      shards = [pathlib.Path(p) for p in records.shard_paths(list(spec.paths))]
+      shards = [paths.resolve(p) for p in records.shard_paths(list(spec.paths))]
     except (OSError, ValueError) as e:
       raise ValueError(f"data source {spec.name!r}: {e}") from e
-    root = pathlib.Path(os.path.commonpath([str(p.parent) for p in shards]))
+    root = paths.common_parent([p.parent for p in shards])
     sources[spec.name] = {"shards": len(shards), **files_digest(shards, root)}
   return {"kind": kind, "sources": sources}
 
