@@ -97,7 +97,10 @@ def _stage(preset: str, k: Dict[str, str], mixture, *, steps: int, batch: int, s
     c.data = ml_collections.ConfigDict(dict(kind="synthetic", seed=0))
   else:
     c.data = mixtures.grain_data(mixtures.sources_config(mixture, k["root"]),
-                                 max_crops=crops, worker_count=int(k.get("workers", 8)))
+                                 worker_count=int(k.get("workers", 8)))
+    # One number, two readers: overriding train.images_per_row (a sweep member, a
+    # --config flag) moves the pipeline's crop budget with it.
+    c.data.max_crops = c.train.get_ref("images_per_row")
   return c
 
 

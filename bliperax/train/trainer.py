@@ -7,7 +7,7 @@ a checkpoint at the current step and returns cleanly.
 from __future__ import annotations
 
 import logging
-import pathlib
+import os
 import signal
 import tempfile
 import time
@@ -16,9 +16,12 @@ from typing import Any, Dict
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
+from bliperax import paths
 from bliperax import run_record
 from bliperax import sharding
+from bliperax.lora import config as lora_config
 from bliperax.data.synthetic import SyntheticSource
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
@@ -111,21 +114,31 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   kind = cfg.data.get("kind", "synthetic")
   if kind not in DATA_KINDS:
     raise InvalidRun(f"config data.kind = {kind!r}: must be one of {', '.join(DATA_KINDS)}")
+  if lora_config.enabled(cfg):
+    try:
+      lora_config.check(cfg.lora)
+    except ValueError as e:
+      raise InvalidRun(f"config {e}") from e
   accum = cfg.train.get("accum_steps", 1)
   if cfg.train.global_batch % accum:
     raise InvalidRun(f"config train.global_batch = {cfg.train.global_batch} is not "
                      f"divisible by train.accum_steps = {accum}")
 
 
-def prepare_workdir(workdir: pathlib.Path) -> None:
+def prepare_workdir(workdir: epath.Path) -> None:
   """Creates the workdir (parents too) and proves it writable, or raises InvalidRun."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check."):
-      pass
+    if paths.is_remote(workdir):  # a bucket: write an object and remove it
+      probe = workdir / f".write_check.{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+    else:
+      with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check."):
+        pass
   except OSError as e:
     raise InvalidRun(f"workdir {workdir} is not writable: "
-                     f"{e.strerror or e} ({type(e).__name__})") from e
+                     f"{getattr(e, 'strerror', None) or e} ({type(e).__name__})") from e
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -140,7 +153,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     evaluators = evals_lib.build(cfg)  # config.evals: read their inputs now (train/evals.py)
   except ValueError as e:
     raise InvalidRun(str(e)) from e
-  workdir_path = pathlib.Path(workdir)
+  workdir_path = paths.resolve(workdir)  # local, or gs:// shared by a pod's hosts
   prepare_workdir(workdir_path)
   # Resume only the run this workdir was made with (same config, code, init and data);
   # where it runs (mesh, processes) may change: checkpoints reshard on restore. A run
@@ -213,7 +226,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                 f"(more than train.loss_tokens_per_row={cfg.train.loss_tokens_per_row} in a "
                 "row); raise it", flush=True)
         if evaluating:  # after the step time was taken: evaluation is not training time
-          last.update(evals_lib.run(evaluators, step, state.params, setup.model_cfg))
+          last.update(evals_lib.run(evaluators, step, setup.inference_params(state),
+                                    setup.model_cfg))
         writer.write(step, last)
         window_start, window_wait, window_steps = time.time(), 0.0, 0
       saved = step % cfg.checkpoint_every == 0 or step == cfg.total_steps
