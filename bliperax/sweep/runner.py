@@ -5,8 +5,9 @@ stage attempt's command, output and exit status, appended) and `member.json`, th
 member's status record, rewritten whole at every change (bliperax/sweep/files.py):
 
   {"name", "index", "overrides", "status": running|done|failed|interrupted,
-   "stages": {stage: {"kind", "status", "command" (template), "attempts", "wall_s",
-                      "started", "finished", "exit", "pid"}},
+   "stages": {stage: {"kind", "status", "command" (template), "made_by" (the command
+                      whose run its output holds), "attempts", "wall_s", "started",
+                      "finished", "exit", "pid"}},
    "wall_s", "failed_stage", "error"}
 
 Rerunning the same sweep on the same DIR:
@@ -14,8 +15,9 @@ Rerunning the same sweep on the same DIR:
   its files are not touched;
 - otherwise stages run from the first one not done with the same command (a changed
   stage and everything after it run again); an interrupted train stage is re-run,
-  and bliperax.train resumes its own checkpoint (or refuses, in one line in log.txt,
-  a workdir made with another config).
+  and bliperax.train resumes its own checkpoint. The output of a stage whose command
+  changed, or whose earlier stages ran again, is renamed `<output>.replaced-<n>`
+  first (the trainer would refuse to resume a workdir made from something else).
 A train stage counts as done only when its metrics.jsonl reached the config's
 total_steps: the trainer exits 0 after a SIGTERM too (it checkpoints and stops).
 
@@ -284,6 +286,7 @@ class Runner:
     files.write_json(record_path, record)
     state.status = "running"
     log_path = os.path.join(directory, LOG_FILE)
+    upstream_ran = False  # a stage before this one ran in this pass: its output is new
     for i, stage in enumerate(self.plan.stages):
       if i < todo:
         continue
@@ -291,10 +294,19 @@ class Runner:
         return self._finish(record, record_path, "interrupted")
       template = member.commands[i]
       previous = stage_records.get(stage.name, {})
+      if upstream_ran or _made_by(previous) != template:
+        # Made by another command, or from inputs that have just been remade: the
+        # trainer would refuse to resume it, so it moves aside and the stage starts over.
+        moved = set_aside(stage.output(directory))
+        if moved:
+          self.display.message(f"{member.name}: {stage.name} was made with another "
+                               f"command or inputs; moved to {moved}")
+          previous = {"attempts": previous.get("attempts", 0)}
       entry = {"kind": stage.kind, "status": "running", "command": template,
                "attempts": previous.get("attempts", 0) + 1,
                "wall_s": previous.get("wall_s", 0.0) if previous.get("command") == template
-               else 0.0, "started": time.time(), "finished": None, "exit": None}
+               else 0.0, "started": time.time(), "finished": None, "exit": None,
+               "made_by": template}
       stage_records[stage.name] = entry
       state.stage, state.stage_index, state.stage_kind = stage.name, i, stage.kind
       state.stage_started = entry["started"]
@@ -324,6 +336,7 @@ class Runner:
                              f"{log_path}:\n" + _indent(tail(log_path)))
         return status
       entry["status"] = "done"
+      upstream_ran = True
       files.write_json(record_path, record)
     return self._finish(record, record_path, "done")
 
@@ -372,3 +385,23 @@ class Runner:
 
 def _indent(text: str) -> str:
   return "\n".join("    " + l for l in text.splitlines())
+
+
+def _made_by(entry: dict) -> Optional[list]:
+  """The command whose run the stage's output holds (older records: the recorded
+  command of a finished or interrupted attempt)."""
+  if "made_by" in entry:
+    return entry["made_by"]
+  return entry.get("command") if entry.get("status") in ("done", "interrupted") else None
+
+
+def set_aside(path: str) -> Optional[str]:
+  """Renames an existing stage output to `<path>.replaced-<n>` (kept, not deleted);
+  returns the new name, or None when nothing was there."""
+  if not os.path.lexists(path):
+    return None
+  n = 1
+  while os.path.lexists(f"{path}.replaced-{n}"):
+    n += 1
+  os.rename(path, f"{path}.replaced-{n}")
+  return f"{path}.replaced-{n}"
