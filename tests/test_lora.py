@@ -506,3 +506,22 @@ def test_export_merged_hf_and_peft_adapters(lora_step, tmp_path):
 if __name__ == "__main__":
   if sys.argv[1:2] == ["shardings"]:
     pathlib.Path(sys.argv[2]).write_text(json.dumps(_sharding_report()))
+
+
+def test_a_lora_workdir_loads_merged_for_export_and_inference(lora_step, tmp_path):
+  """infer.checkpoints.load (python -m bliperax.export / evaluate / generate) on a LoRA
+  run's workdir gives the base with the adapters merged, not the bare base."""
+  from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
+  setup, state = lora_step["setup"], lora_step["after"]
+  state = state.replace(adapters=_perturbed_b(state.adapters, seed=7))
+  _save_run(tmp_path / "run", setup, state)
+  loaded, model_cfg = checkpoints.load(tmp_path / "run")
+  assert model_cfg == setup.model_cfg
+  merged = jax.device_get(setup.lora.merge(state.params, state.adapters))
+  flat_loaded, flat_merged = layout.flatten(loaded), layout.flatten(merged)
+  assert set(flat_loaded) == set(flat_merged)
+  for key, value in flat_merged.items():
+    np.testing.assert_array_equal(np.asarray(flat_loaded[key]), np.asarray(value), err_msg=key)
+  base = layout.flatten(jax.device_get(state.params))
+  assert any(not np.array_equal(np.asarray(flat_loaded[k]), np.asarray(base[k]))
+             for k in base), "the adapters were not merged"
