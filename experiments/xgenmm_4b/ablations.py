@@ -22,13 +22,15 @@ Members, each against the baseline (the paper's recipe, experiments/xgenmm_4b/):
 
 Knobs (`ablations.py:k=v,...`): those of the stage configs (root=, init=,
 synthetic=1, steps=, batch=, ... see bliperax/configs/recipes.py), passed to both
-stages; pretrain_steps and sft_steps set each stage's steps.
+stages; pretrain_steps and sft_steps set each stage's steps; stages=sft keeps the
+SFT stage alone (an `--aot` table of the SFT step: every member changes it, and a
+4B compile takes minutes).
 """
 from bliperax import configs
 from bliperax import sweep
 from bliperax.configs import mixtures
 
-_OWN = ("pretrain_steps", "sft_steps")
+_OWN = ("pretrain_steps", "sft_steps", "stages")
 _CAPTIONS = ("datacomp", "cc12m", "cc3m", "vg", "sbu", "blip3_kale")
 
 
@@ -56,9 +58,11 @@ def get_sweep(arg=None):
 
 
 def get_stages(arg=None):
+  sft = f"experiments/xgenmm_4b/sft.py:{_stage_knobs(arg, 'sft')}"
+  if configs.parse_arg(arg).get("stages") == "sft":  # --aot of the SFT step alone
+    return [sweep.train("sft", sft)]
   return [
       sweep.train("pretrain", f"experiments/xgenmm_4b/pretrain.py:{_stage_knobs(arg, 'pretrain')}"),
       sweep.export("pretrain_params", of="pretrain"),
-      sweep.train("sft", f"experiments/xgenmm_4b/sft.py:{_stage_knobs(arg, 'sft')}",
-                  init_from="pretrain_params"),
+      sweep.train("sft", sft, init_from="pretrain_params"),
   ]
