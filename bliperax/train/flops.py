@@ -14,7 +14,9 @@ towers that train, 1× for a frozen tower behind a stop_gradient (the ViT).
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Mapping, Optional
+
+import numpy as np
 
 from bliperax.models.config import XGenMMConfig
 
@@ -45,10 +47,9 @@ def peak_flops(device_kind: str) -> float | None:
   return None
 
 
-def step_flops(cfg: XGenMMConfig, batch: int, seq_len: int, crops_per_row: int,
-               groups_per_row: int, vision_trainable: bool = False,
-               resampler_trainable: bool = True, lm_trainable: bool = True) -> Dict[str, float]:
-  """FLOPs of one training step on a [batch, seq_len] batch; per tower and 'total'."""
+def _unit_costs(cfg: XGenMMConfig) -> Dict[str, float]:
+  """Forward FLOPs of one unit of work: a ViT crop, a resampler group, an LM token's
+  dense layers, an LM head row, and one (query, key) pair of attention over all layers."""
   v, r, t = cfg.vision, cfg.resampler, cfg.text
   p = v.num_patches
   vit = v.depth * (2 * p * (4 * v.width ** 2 + 2 * v.width * v.mlp_dim) + 4 * p * p * v.width)
@@ -59,15 +60,84 @@ def step_flops(cfg: XGenMMConfig, batch: int, seq_len: int, crops_per_row: int,
                    + 2 * lat * inner * r.width + 2 * lat * 2 * r.width * r.ff_mult * r.width
                    + 4 * lat * (p + lat) * inner)
   res += 2 * lat * r.width * r.out_width
-  keys = seq_len / 2 if t.sliding_window is None else min(seq_len / 2, t.sliding_window + 1)
   dense = 2 * (t.width * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
                + t.num_heads * t.head_dim * t.width + 3 * t.width * t.mlp_dim)
-  lm = t.depth * (dense + 4 * t.head_dim * t.num_heads * keys) + 2 * t.width * t.logit_width
-  mult = lambda trains: 3.0 if trains else 1.0
+  return {"crop": vit, "group": res, "token": t.depth * dense,
+          "head": 2 * t.width * t.logit_width, "key": t.depth * 4 * t.head_dim * t.num_heads}
+
+
+def _mult(trains: bool) -> float:
+  return 3.0 if trains else 1.0
+
+
+def step_flops(cfg: XGenMMConfig, batch: int, seq_len: int, crops_per_row: int,
+               groups_per_row: int, vision_trainable: bool = False,
+               resampler_trainable: bool = True, lm_trainable: bool = True) -> Dict[str, float]:
+  """FLOPs of one training step on a [batch, seq_len] batch; per tower and 'total'.
+
+  The planned count: every row full with one causal sequence (each query sees T/2
+  keys on average) and `crops_per_row` / `groups_per_row` real crops and groups.
+  `batch_flops` counts what a batch actually holds.
+  """
+  u, t = _unit_costs(cfg), cfg.text
+  keys = seq_len / 2 if t.sliding_window is None else min(seq_len / 2, t.sliding_window + 1)
+  lm = u["token"] + u["key"] * keys + u["head"]
   out = {
-      "vision": mult(vision_trainable) * vit * batch * crops_per_row,
-      "resampler": mult(resampler_trainable) * res * batch * groups_per_row,
-      "lm": mult(lm_trainable) * lm * batch * seq_len,
+      "vision": _mult(vision_trainable) * u["crop"] * batch * crops_per_row,
+      "resampler": _mult(resampler_trainable) * u["group"] * batch * groups_per_row,
+      "lm": _mult(lm_trainable) * lm * batch * seq_len,
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def attended_keys(segment_ids: np.ndarray, sliding_window: Optional[int] = None) -> int:
+  """Sum over real tokens of the keys each attends to under the packed causal mask.
+
+  int32[B, T] segment ids (0 = padding; packed samples are contiguous runs of one
+  id): a token at offset i of its sample sees i + 1 keys, at most window + 1.
+  """
+  total = 0
+  for row in np.asarray(segment_ids).reshape(-1, np.shape(segment_ids)[-1]):
+    ids = row[row > 0]
+    if not ids.size:
+      continue
+    # Lengths of runs of one id (a packed sample).
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    for n in np.diff(np.r_[starts, ids.size]):
+      n = int(n)
+      if sliding_window is None or n <= sliding_window + 1:
+        total += n * (n + 1) // 2
+      else:
+        w = sliding_window + 1  # the first w tokens see 1..w keys, the rest w each
+        total += w * (w + 1) // 2 + (n - w) * w
+  return total
+
+
+def batch_flops(cfg: XGenMMConfig, batch: Mapping[str, np.ndarray], *,
+                vision_trainable: bool = False, resampler_trainable: bool = True,
+                lm_trainable: bool = True, head_at_loss_only: bool = False) -> Dict[str, float]:
+  """Model FLOPs of one training step on the batch that ran (host arrays).
+
+  Counts real work only: `crop_valid` crops through the ViT, `group_valid` groups
+  through the resampler, non-padding tokens (`segment_ids > 0`) through the LM with
+  attention within each packed sample (`attended_keys`), and the head on every real
+  token, or on loss positions only (`labels != IGNORE`) when the step runs it there
+  (`train.loss_tokens_per_row`). Packed rows with several images and crops count
+  every one of them, where `step_flops` assumes one.
+  """
+  from bliperax.data.batch_spec import IGNORE  # pylint: disable=g-import-not-at-top
+  u = _unit_costs(cfg)
+  segments = np.asarray(batch["segment_ids"])
+  tokens = int((segments > 0).sum())
+  heads = int((np.asarray(batch["labels"]) != IGNORE).sum()) if head_at_loss_only else tokens
+  lm = (u["token"] * tokens + u["key"] * attended_keys(segments, cfg.text.sliding_window)
+        + u["head"] * heads)
+  out = {
+      "vision": _mult(vision_trainable) * u["crop"] * int(np.asarray(batch["crop_valid"]).sum()),
+      "resampler": _mult(resampler_trainable) * u["group"]
+                   * int(np.asarray(batch["group_valid"]).sum()),
+      "lm": _mult(lm_trainable) * lm,
   }
   out["total"] = sum(out.values())
   return out

@@ -1,0 +1,78 @@
+"""Model FLOPs counted from the batch that ran (train/flops.py `batch_flops`) against
+the planned count (`step_flops`) on hand-built batches."""
+import numpy as np
+import pytest
+
+from bliperax.data.batch_spec import IGNORE
+from bliperax.models import presets
+from bliperax.train import flops
+
+B, T, C, G = 2, 16, 3, 3
+
+
+def _batch(segments, crops_valid, groups_valid, labels=None):
+  segments = np.asarray(segments, np.int32)
+  return {"segment_ids": segments,
+          "labels": np.full(segments.shape, 7, np.int32) if labels is None else labels,
+          "crop_valid": np.asarray(crops_valid, bool),
+          "group_valid": np.asarray(groups_valid, bool)}
+
+
+def _brute_keys(segments, window=None):
+  """Keys per real query from the explicit packed causal mask; with a window, query i
+  sees key j iff 0 <= i - j <= window (models/config.py, the reference's rule)."""
+  total = 0
+  for row in np.asarray(segments):
+    q, k = np.arange(len(row))[:, None], np.arange(len(row))[None, :]
+    mask = (row[:, None] == row[None, :]) & (k <= q) & (row[:, None] > 0)
+    if window is not None:
+      mask &= q - k <= window
+    total += int(mask.sum())
+  return total
+
+
+@pytest.mark.parametrize("window", [None, 0, 3, 40])
+def test_attended_keys_is_the_mask_count(window):
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    lengths = rng.integers(1, 9, size=4)
+    row = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)])[:T]
+    row = np.pad(row, (0, T - len(row)))
+    cut = row.copy()
+    cut[rng.integers(0, T):] = 0  # another row: padded from a random point
+    segments = np.stack([row, cut])
+    assert flops.attended_keys(segments, window) == _brute_keys(segments, window)
+
+
+def test_a_full_batch_counts_what_the_plan_counts():
+  """One sample filling every row, every crop and group real: the plan, except that a
+  causal row of T tokens attends to T(T+1)/2 keys where the plan says T·T/2."""
+  cfg = presets.get("tiny")
+  full = _batch(np.ones((B, T)), np.ones((B, C)), np.ones((B, G)))
+  counted = flops.batch_flops(cfg, full)
+  planned = flops.step_flops(cfg, B, T, crops_per_row=C, groups_per_row=G)
+  assert counted["vision"] == planned["vision"] and counted["resampler"] == planned["resampler"]
+  key = cfg.text.depth * 4 * cfg.text.head_dim * cfg.text.num_heads
+  assert counted["lm"] - planned["lm"] == 3 * key * B * T / 2
+  assert counted["total"] == counted["vision"] + counted["resampler"] + counted["lm"]
+
+
+def test_packing_padding_and_loss_positions():
+  cfg = presets.get("tiny")
+  u = flops._unit_costs(cfg)  # pylint: disable=protected-access
+  # Row 0: samples of 5 and 7 tokens, 4 padding; row 1: one of 10, 6 padding.
+  segments = np.zeros((B, T), np.int32)
+  segments[0, :5], segments[0, 5:12], segments[1, :10] = 1, 2, 1
+  crops = [[1, 1, 0], [1, 0, 0]]  # 3 real crops of 6
+  groups = [[1, 1, 1], [0, 0, 0]]  # 3 real groups
+  labels = np.full((B, T), IGNORE, np.int32)
+  labels[0, 3:5], labels[1, 8:10] = 1, 1  # 4 loss positions
+  batch = _batch(segments, crops, groups, labels)
+  keys = 5 * 6 // 2 + 7 * 8 // 2 + 10 * 11 // 2
+  counted = flops.batch_flops(cfg, batch, head_at_loss_only=True)
+  assert counted["vision"] == 1 * u["crop"] * 3  # the ViT frozen: forward only
+  assert counted["resampler"] == 3 * u["group"] * 3
+  assert counted["lm"] == 3 * (u["token"] * 22 + u["key"] * keys + u["head"] * 4)
+  every_head = flops.batch_flops(cfg, batch, vision_trainable=True)
+  assert every_head["lm"] - counted["lm"] == 3 * u["head"] * (22 - 4)
+  assert every_head["vision"] == 3 * counted["vision"]
