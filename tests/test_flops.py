@@ -76,3 +76,31 @@ def test_packing_padding_and_loss_positions():
   every_head = flops.batch_flops(cfg, batch, vision_trainable=True)
   assert every_head["lm"] - counted["lm"] == 3 * u["head"] * (22 - 4)
   assert every_head["vision"] == 3 * counted["vision"]
+
+
+def test_real_crops_and_groups_follow_from_what_the_model_reads():
+  """Without the host's crop_valid/group_valid (the trainer's batches drop them), the
+  same masks come from vision_slots, group_index and group_mask."""
+  from bliperax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.data import image as image_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.data.batch_spec import VisionDims  # pylint: disable=g-import-not-at-top
+  cfg = presets.get("tiny")
+  rng = np.random.default_rng(0)
+  s, p, lat = cfg.vision.image_size, cfg.vision.num_patches, cfg.resampler.num_latents
+  examples = []
+  for n_images in (2, 0, 1):
+    ids, labels, vision = [5], [IGNORE], []
+    for _ in range(n_images):
+      crops = rng.uniform(-1, 1, size=(1, s, s, 3)).astype(np.float32)
+      index, valid = image_lib.single_group(p, 1)
+      vision.append(batch_lib.VisionInput(crops, index, valid))
+      ids += [batch_lib.IMAGE_ID, 6]
+      labels += [IGNORE, 6]
+    examples.append(batch_lib.expand(ids, labels, vision, VisionDims.of(cfg)))
+  batch = batch_lib.collate(examples, cfg, 0, length=2 * lat + 8, num_crops=3, num_groups=3)
+  model_only = {k: v for k, v in batch.items() if k not in ("crop_valid", "group_valid")}
+  crops, groups = flops.real_crops_and_groups(model_only)
+  np.testing.assert_array_equal(crops, batch["crop_valid"])
+  np.testing.assert_array_equal(groups, batch["group_valid"])
+  assert crops.sum() == 3 and groups.sum() == 3
+  assert flops.batch_flops(cfg, model_only) == flops.batch_flops(cfg, batch)

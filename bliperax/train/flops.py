@@ -14,7 +14,7 @@ towers that train, 1× for a frozen tower behind a stop_gradient (the ViT).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -114,13 +114,35 @@ def attended_keys(segment_ids: np.ndarray, sliding_window: Optional[int] = None)
   return total
 
 
+def real_crops_and_groups(batch: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+  """bool[B, C] real crops and bool[B, G] real groups of a batch.
+
+  The host's bookkeeping (`crop_valid`, `group_valid`) when the batch carries it;
+  else derived from what the model reads: a group is real when one of its vision
+  tokens has a slot in the row (padding groups' slots are T, out of range), a crop
+  when a real group attends to one of its features (`group_index` // patches).
+  """
+  if "crop_valid" in batch and "group_valid" in batch:
+    return np.asarray(batch["crop_valid"], bool), np.asarray(batch["group_valid"], bool)
+  slots = np.asarray(batch["vision_slots"])
+  index, mask = np.asarray(batch["group_index"]), np.asarray(batch["group_mask"], bool)
+  rows, groups, patches = index.shape
+  length = np.shape(batch["segment_ids"])[1]
+  group_valid = (slots.reshape(rows, groups, -1) < length).any(-1)
+  crop_valid = np.zeros((rows, np.shape(batch["crops"])[1]), bool)
+  used = mask & group_valid[:, :, None]
+  row_of = np.broadcast_to(np.arange(rows)[:, None, None], index.shape)
+  crop_valid[row_of[used], index[used] // patches] = True
+  return crop_valid, group_valid
+
+
 def batch_flops(cfg: XGenMMConfig, batch: Mapping[str, np.ndarray], *,
                 vision_trainable: bool = False, resampler_trainable: bool = True,
                 lm_trainable: bool = True, head_at_loss_only: bool = False) -> Dict[str, float]:
   """Model FLOPs of one training step on the batch that ran (host arrays).
 
-  Counts real work only: `crop_valid` crops through the ViT, `group_valid` groups
-  through the resampler, non-padding tokens (`segment_ids > 0`) through the LM with
+  Counts real work only: real crops through the ViT and real groups through the
+  resampler (`real_crops_and_groups`), non-padding tokens (`segment_ids > 0`) through the LM with
   attention within each packed sample (`attended_keys`), and the head on every real
   token, or on loss positions only (`labels != IGNORE`) when the step runs it there
   (`train.loss_tokens_per_row`). Packed rows with several images and crops count
@@ -128,15 +150,15 @@ def batch_flops(cfg: XGenMMConfig, batch: Mapping[str, np.ndarray], *,
   """
   from bliperax.data.batch_spec import IGNORE  # pylint: disable=g-import-not-at-top
   u = _unit_costs(cfg)
+  crop_valid, group_valid = real_crops_and_groups(batch)
   segments = np.asarray(batch["segment_ids"])
   tokens = int((segments > 0).sum())
   heads = int((np.asarray(batch["labels"]) != IGNORE).sum()) if head_at_loss_only else tokens
   lm = (u["token"] * tokens + u["key"] * attended_keys(segments, cfg.text.sliding_window)
         + u["head"] * heads)
   out = {
-      "vision": _mult(vision_trainable) * u["crop"] * int(np.asarray(batch["crop_valid"]).sum()),
-      "resampler": _mult(resampler_trainable) * u["group"]
-                   * int(np.asarray(batch["group_valid"]).sum()),
+      "vision": _mult(vision_trainable) * u["crop"] * int(crop_valid.sum()),
+      "resampler": _mult(resampler_trainable) * u["group"] * int(group_valid.sum()),
       "lm": _mult(lm_trainable) * lm,
   }
   out["total"] = sum(out.values())
