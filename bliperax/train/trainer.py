@@ -6,6 +6,7 @@ a checkpoint at the current step and returns cleanly.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -93,6 +94,14 @@ def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
   placed = {k: jax.device_put(np.asarray(v).astype(flat_old[k].dtype), flat_sh[k])
             for k, v in flat_new.items()}
   return state.replace(params=layout.unflatten(placed))
+
+
+def _sum_over_processes(value: float) -> float:
+  """`value` summed over the run's processes (each counted its own rows)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return float(np.sum(multihost_utils.process_allgather(np.float64(value))))
 
 
 class InvalidRun(ValueError):
@@ -185,19 +194,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         state = _load_init_params(cfg.model.init_from, state, setup.state_shardings)
   writer = metrics_lib.MetricWriter(workdir_path, enabled=is_main, resume_step=start)
 
-  step_flops = flops_lib.step_flops(
-      setup.model_cfg, cfg.train.global_batch, cfg.train.seq_len, crops_per_row=1,
-      groups_per_row=1, vision_trainable=not vision_frozen(cfg))["total"]
+  # Model FLOPs counted from each batch that ran (every packed crop, group, token
+  # and attended key), summed over the processes at each log: MFU of what ran.
+  count_flops = functools.partial(
+      flops_lib.batch_flops, setup.model_cfg, vision_trainable=not vision_frozen(cfg),
+      head_at_loss_only=bool(cfg.train.get("loss_tokens_per_row")))
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   step_fn = None
   last: Dict[str, Any] = {}
-  window_start, window_wait, window_steps = time.time(), 0.0, 0
+  window_start, window_wait, window_steps, window_flops = time.time(), 0.0, 0, 0.0
   with _Preemption() as preempt, setup.context():
     step = start
     while step < cfg.total_steps:
       t0 = time.time()
       local = next(source)
       window_wait += time.time() - t0
+      window_flops += count_flops(local)["total"]
       batch = setup.global_batch(local)
       if step_fn is None:  # compile once, outside the timed window
         t_compile = time.time()
@@ -215,10 +227,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         elapsed = time.time() - window_start
         step_time = elapsed / window_steps
         tokens = cfg.train.global_batch * cfg.train.seq_len
-        tflops = step_flops / step_time / jax.device_count() / 1e12
+        step_model_flops = _sum_over_processes(window_flops) / window_steps
+        tflops = step_model_flops / step_time / jax.device_count() / 1e12
         last = {**{k: np.asarray(v).item() for k, v in metrics.items()},
                 "step_time_s": step_time, "data_wait_s": window_wait / window_steps,
-                "tokens_per_s": tokens / step_time, "tflops_per_device": tflops}
+                "tokens_per_s": tokens / step_time,
+                "model_tflops_per_step": step_model_flops / 1e12,
+                "tflops_per_device": tflops}
         if peak:
           last["mfu"] = tflops * 1e12 / peak
         if last.get("dropped_loss_tokens") and is_main:
@@ -229,7 +244,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           last.update(evals_lib.run(evaluators, step, setup.inference_params(state),
                                     setup.model_cfg))
         writer.write(step, last)
-        window_start, window_wait, window_steps = time.time(), 0.0, 0
+        window_start, window_wait, window_steps, window_flops = time.time(), 0.0, 0, 0.0
       saved = step % cfg.checkpoint_every == 0 or step == cfg.total_steps
       if saved:
         ckpt.save(step, state, source.get_state())
