@@ -74,9 +74,12 @@ SFT_INTERLEAVED = _sources(
     ("sft", "sft_1m", "chat", 0.5),
 )
 
-# Post-training data (the DPO and safety stages are not built yet, DESIGN.md §13):
-# VLFeedback preference pairs; VLGuard chats with SFT samples (~2k : 5k in the paper).
-DPO = _sources(True, ("vlfeedback", "vlfeedback", "preference", 1.0))
+# DPO (recipes.dpo): VLFeedback preference pairs, and pairs whose rejected answer is
+# the SFT model's answer on a noised image (tools/make_preferences.py
+# --output=ROOT/noised_pairs), drawn 1 : 1 (a placeholder: the paper adds one noised
+# answer per prompt but publishes no ratio).
+DPO = _sources(True, ("vlfeedback", "vlfeedback", "preference", 1.0),
+               ("noised_pairs", "noised_pairs", "preference", 1.0))
 # Safety (recipes.safety): VLGuard chats (tools/build_shards.py --format=vlguard) and SFT
 # chats drawn 2 : 5, the paper's ~2k VLGuard and 5k SFT samples. The paper repeats one
 # 5k subset; here SFT chats are drawn from the whole set (build a 5k folder to match).

@@ -1,6 +1,6 @@
 """The paper's training stages as configs, for any model preset (bliperax/DESIGN.md §9).
 
-`pretrain`, `sft` and `sft_interleaved` each return the whole experiment of one stage:
+`pretrain`, `sft`, `sft_interleaved` and `dpo` each return the whole experiment of one stage:
 the paper's mixture (`mixtures.py`) under `root`, the parameters to start from
 (`init`), and the scale (bf16 compute with float32 master weights, scanned layers
 with full remat, FSDP over the slice, the stage's batch and sequence length).
@@ -18,9 +18,10 @@ Knobs (`file.py:k=v,...`):
   preset=tiny    the same recipe on the `tiny` model preset, 2 rows of 384 tokens per
                  batch (CPU smoke tests; the 4B and 14B configs shrink to the same
                  tiny configs)
-  steps, batch, seq, accum, remat, workers, and images (pre-training) or crops (SFT):
-                 total steps, global batch, tokens per row, gradient accumulation, remat
-                 policy, Grain worker processes, images (= crops) per row
+  steps, batch, seq, accum, remat, workers, and images (pre-training) or crops (SFT,
+                 DPO): total steps, global batch, tokens per row, gradient
+                 accumulation, remat policy, Grain worker processes, images (= crops)
+                 per row; DPO also beta
 A missing root or init stops the config from loading, with one line naming the knob:
 a paper config never trains on synthetic data or from random weights unless told so.
 """
@@ -33,6 +34,7 @@ import ml_collections
 from bliperax.configs import mixtures
 from bliperax.configs.base import base, parse_arg
 from bliperax.lora import config as lora_config
+from bliperax.train import dpo_config
 
 RANDOM_INIT = "random"
 _KNOBS = ("root", "init", "synthetic", "preset", "steps", "batch", "seq", "accum", "remat",
@@ -190,5 +192,32 @@ def safety(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
   c = _stage(preset, k, mixtures.SAFETY, steps=80, batch=64, seq=4096,
              crops=int(k.get("crops", 20)), lr=2e-4, warmup_steps=3, weight_decay=0.0)
   _with_lora(c, preset, k)
+  _sft_eval(c, k)
+  return c
+
+
+def dpo(preset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """DPO: preference pairs with LoRA, from the SFT export (bliperax/DESIGN.md §9).
+
+  The paper (SPEC §5): VLFeedback pairs plus the SFT model's answers on noised images
+  as extra rejected answers (mixtures.DPO: `vlfeedback` and `noised_pairs`, the
+  latter from tools/make_preferences.py), LoRA on about 2.5% of the LM (`_with_lora`,
+  the base frozen in bf16), the frozen SFT model as the reference (with LoRA, the
+  frozen base itself: bliperax/train/dpo_step.py), one epoch. This project's choices,
+  the paper giving no numbers: β 0.1 (the DPO paper's usual value), no label
+  smoothing, lr 5e-6 with 100 warmup steps and cosine to 0, weight decay 0; 128 rows
+  of 2048 tokens (64 pair rows of ~2 pairs: an anyres image is at most 640 vision
+  tokens, an answer a few hundred) with up to 10 crops, two rows per chip on the
+  recipes' 64-chip slices so a pair's rows share a chip; 1000 steps, about one epoch
+  of 62.6k pairs plus as many noised-image pairs at ~128 pairs per step (set steps=
+  for your shards). Extra knobs: crops, beta.
+  """
+  k = stage_knobs(arg, "dpo", preset, "the SFT export, python -m bliperax.export",
+                  extra=("crops", "beta"))
+  c = _stage(preset, k, mixtures.DPO, steps=1000, batch=128, seq=2048,
+             crops=int(k.get("crops", 10)), lr=5e-6, warmup_steps=100, weight_decay=0.0)
+  _with_lora(c, preset, k)
+  c.dpo = dpo_config.defaults()
+  c.dpo.update(enabled=True, beta=float(k.get("beta", 0.1)))
   _sft_eval(c, k)
   return c

@@ -17,6 +17,9 @@ optionally, at most `segments` samples). Three steps get a sample there:
    positions restarting at 0 in each segment, each sample's crops, groups and
    vision slots offset to where the sample landed.
 
+Preference pairs (DPO) pack the same way into two rows at once
+(`pairs.PairRow`, which the packer takes as its `row_type`).
+
 Labels are not shifted: the loss at t predicts labels[t] from position t-1.
 The first token of every segment therefore gets label -100 (its predecessor
 belongs to another sample, or to nothing); `fit` applies the same rule so a
@@ -93,7 +96,8 @@ def fit(ids: Sequence[int], labels: Sequence[int],
 
 
 class Row:
-  """Samples collected for one row, next-fit."""
+  """Samples collected for one row, next-fit. `rows`: batch rows it writes."""
+  rows = 1
 
   def __init__(self, limits: batch_spec.Limits, dims: batch_spec.VisionDims):
     self.limits = limits
@@ -160,15 +164,21 @@ class PackedRow:
 
 
 class CollateRows:
-  """Grain `batch_fn`: packed rows -> batch arrays, written once (no per-row copies)."""
+  """Grain `batch_fn`: packed rows -> batch arrays, written once (no per-row copies).
+
+  A packed item may fill several batch rows (`rows`: a pair row fills two).
+  """
 
   def __init__(self, limits: batch_spec.Limits, dims: batch_spec.VisionDims, pad_id: int):
     self.limits, self.dims, self.pad_id = limits, dims, pad_id
 
   def __call__(self, rows: Sequence[PackedRow]) -> dict[str, np.ndarray]:
-    out = batch_spec.padding(len(rows), self.limits, self.dims, self.pad_id)
-    for b, packed in enumerate(rows):
+    out = batch_spec.padding(sum(packed.row.rows for packed in rows), self.limits,
+                             self.dims, self.pad_id)
+    b = 0
+    for packed in rows:
       packed.row.write(out, b)
+      b += packed.row.rows
     out["stats"] = np.stack([packed.stats for packed in rows])
     return out
 
@@ -178,15 +188,17 @@ class PackIterDataset(grain.IterDataset):
 
   Each row's `stats` (int64[K], in the order of `counters.names`) holds the
   events of the items consumed for it (skips, truncations, ...) and the
-  row's own counters. Batch with `CollateRows`.
+  row's own counters. Batch with `CollateRows`. `row_type` makes the rows:
+  `Row`, or `pairs.PairRow` for preference pairs (whose items hold `pairs.Pair`s).
   """
 
   def __init__(self, parent: grain.IterDataset, limits: batch_spec.Limits, dims: batch_spec.VisionDims,
-               counters: stats_lib.Counters):
+               counters: stats_lib.Counters, row_type=Row):
     super().__init__(parent)
     self.limits = limits
     self.dims = dims
     self.counters = counters
+    self.row_type = row_type
 
   def __iter__(self) -> "_PackIterator":
     return _PackIterator(self._parent.__iter__(), self)
@@ -214,20 +226,20 @@ class _PackIterator(grain.DatasetIterator):
   def _row_stats(self, row: Row) -> np.ndarray:
     c, vec = self._ds.counters, self._ds.counters.zeros()
     loss_tokens = row.loss_tokens
-    c.add(vec, "rows")
+    c.add(vec, "rows", row.rows)
     c.add(vec, "rows_without_loss", int(loss_tokens == 0))
     c.add(vec, "row_tokens", row.length)
-    c.add(vec, "row_capacity", self._ds.limits.length)
+    c.add(vec, "row_capacity", row.rows * self._ds.limits.length)
     c.add(vec, "loss_tokens", loss_tokens)
     c.add(vec, "vision_tokens", row.groups * self._ds.dims.latents)
     c.add(vec, "crops", row.crops)
-    c.add(vec, "crop_capacity", self._ds.limits.crops)
+    c.add(vec, "crop_capacity", row.rows * self._ds.limits.crops)
     return vec
 
   def __next__(self) -> PackedRow:
     counters = self._ds.counters
     events = counters.zeros()
-    row = Row(self._ds.limits, self._ds.dims)
+    row = self._ds.row_type(self._ds.limits, self._ds.dims)
     if self._held is not None:
       row.add(self._held.example)
       counters.count_item(events, self._held)

@@ -11,7 +11,10 @@ Stages (bliperax/DESIGN.md §6), per process:
    `packing.fit` (cut only between blocks) -> `batch.expand` (`<image>` ->
    vision-token slots). Failures become counted `Skipped` items.
 3. `packing.PackIterDataset`: next-fit rows (or one sample per row with
-   `max_segments=1`), static shapes, a counter vector per row.
+   `max_segments=1`), static shapes, a counter vector per row. For DPO
+   (`cfg.dpo.enabled`, `PipelineConfig.pairs`) every sample is a preference
+   pair rendered as two chats and packed into two adjacent rows
+   (bliperax/data/pairs.py); other sample kinds are skipped as unsupported.
 4. `.batch(b)` then `.mp_prefetch(workers)`: each worker packs and batches a
    disjoint slice of the mixed stream; batches come back round-robin.
 
@@ -36,11 +39,13 @@ from bliperax.data import chat as chat_lib
 from bliperax.data import image as image_lib
 from bliperax.data import mixture
 from bliperax.data import packing
+from bliperax.data import pairs as pairs_lib
 from bliperax.data import pipeline_stats as stats_lib
 from bliperax.data import render as render_lib
 from bliperax.data import schema
 from bliperax.data import tokenizer as tokenizer_lib
 from bliperax.models.config import XGenMMConfig
+from bliperax.train import dpo_config  # no jax: the config block only
 
 OUTPUT_KEYS = batch_spec.TRAIN_KEYS
 
@@ -66,6 +71,8 @@ class PipelineConfig:
       preparing them itself (0: none).
     read_threads, read_buffer_size: Grain read threads (per worker) running
       `PrepareSample`, and how many samples they prepare ahead.
+    pairs: preference pairs for DPO: row 2i chosen, row 2i+1 rejected
+      (bliperax/data/pairs.py); `batch_size` must be even.
   """
   sources: tuple[mixture.SourceSpec, ...]
   batch_size: int
@@ -83,6 +90,7 @@ class PipelineConfig:
   thread_prefetch: int = 0
   read_threads: int = 2
   read_buffer_size: int = 16
+  pairs: bool = False
 
 
 def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
@@ -97,6 +105,10 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
                           groups=int(d.get("max_groups", 0)) or max_crops,
                           segments=int(d.get("max_segments", 0)) if d.get("pack", True) else 1)
   system = d.get("system", chat_lib.SYSTEM_PROMPT)
+  pairs = dpo_config.enabled(cfg)
+  if pairs and (cfg.train.global_batch // process_count) % 2:
+    raise ValueError(f"DPO: {cfg.train.global_batch // process_count} rows per process "
+                     "cannot hold whole pairs (2 rows each)")
   return PipelineConfig(
       sources=tuple(mixture.specs_from_config(d.sources)),
       batch_size=cfg.train.global_batch // process_count, limits=limits,
@@ -110,7 +122,7 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
       worker_buffer_size=int(d.get("worker_buffer_size", 2)),
       thread_prefetch=int(d.get("thread_prefetch", 0)),
       read_threads=int(d.get("read_threads", 2)),
-      read_buffer_size=int(d.get("read_buffer_size", 16)))
+      read_buffer_size=int(d.get("read_buffer_size", 16)), pairs=pairs)
 
 
 def max_crops_per_image(model_cfg: XGenMMConfig, anyres: bool) -> int:
@@ -127,8 +139,9 @@ class PrepareSample:
   def __init__(self, source_index: int, anyres: bool, model_cfg: XGenMMConfig,
                limits: batch_spec.Limits, render: render_lib.RenderOptions,
                tokenizer: str = "", reference_compatible: bool = False,
-               to_sample=None):
-    """`to_sample` maps a source item to a sample; default: `schema.decode`."""
+               to_sample=None, pairs: bool = False):
+    """`to_sample` maps a source item to a sample; default: `schema.decode`.
+    `pairs`: prepare preference pairs (`pairs.Pair` examples) for DPO."""
     self.source_index = source_index
     self.anyres = anyres
     self.model_cfg = model_cfg
@@ -137,6 +150,7 @@ class PrepareSample:
     self.tokenizer = tokenizer
     self.reference_compatible = reference_compatible
     self.to_sample = to_sample
+    self.pairs = pairs
 
   def _skip(self, reason: str, message: str = "") -> stats_lib.Skipped:
     return stats_lib.Skipped(reason, self.source_index, message)
@@ -149,6 +163,8 @@ class PrepareSample:
     except schema.RecordError as e:
       return self._skip(stats_lib.CORRUPT_RECORD, str(e))
     tokenizer = tokenizer_lib.load(self.tokenizer, self.reference_compatible)
+    if self.pairs:
+      return self._prepare_pair(sample, tokenizer)
     try:
       rendered = render_lib.render(sample, tokenizer, self.render)
     except render_lib.SkipSample as e:
@@ -174,6 +190,32 @@ class PrepareSample:
     return stats_lib.Prepared(example, self.source_index, fitted.truncated_tokens,
                               fitted.truncated_images, capped)
 
+  def _prepare_pair(self, sample: schema.Sample, tokenizer: tokenizer_lib.Tokenizer
+                    ) -> stats_lib.Prepared | stats_lib.Skipped:
+    """A preference sample -> `Prepared` holding a `pairs.Pair` (the same steps as
+    `__call__`, for both sequences; the images are decoded once)."""
+    try:
+      chosen, rejected = render_lib.render_pair(sample, tokenizer, self.render)
+    except render_lib.SkipSample as e:
+      return self._skip(e.reason, str(e))
+    except ValueError as e:
+      return self._skip(stats_lib.RENDER_ERROR, f"{sample.id}: {e}")
+    try:
+      images = [batch_lib.prepare_image(image_lib.decode_image(b), self.model_cfg, self.anyres)
+                for b in chosen.images]
+    except ValueError as e:
+      return self._skip(stats_lib.BAD_IMAGE, f"{sample.id}: {e}")
+    lat = self.model_cfg.resampler.num_latents
+    try:
+      fitted = pairs_lib.fit(chosen, rejected, images, lat, self.limits)
+      if fitted is None:
+        return self._skip(stats_lib.NO_LOSS_TOKENS, sample.id)
+      pair = pairs_lib.expand(fitted, batch_spec.VisionDims.of(self.model_cfg))
+    except ValueError as e:
+      return self._skip(stats_lib.RENDER_ERROR, f"{sample.id}: {e}")
+    return stats_lib.Prepared(pair, self.source_index, fitted.truncated_tokens,
+                              fitted.truncated_images)
+
 
 def check_limits(pc: PipelineConfig, model_cfg: XGenMMConfig) -> None:
   """Fails early when a row cannot hold one image of some source."""
@@ -196,7 +238,7 @@ def _prepare_for(pc: PipelineConfig, model_cfg: XGenMMConfig):
       from bliperax.data import tfds_source  # pylint: disable=g-import-not-at-top
       to_sample = tfds_source.mapping_of(tfds_source.TfdsSpec(**spec.tfds))
     return PrepareSample(i, spec.anyres, model_cfg, pc.limits, pc.render, pc.tokenizer,
-                         pc.reference_compatible, to_sample)
+                         pc.reference_compatible, to_sample, pairs=pc.pairs)
   return make
 
 
@@ -219,9 +261,12 @@ def build_dataset(pc: PipelineConfig, model_cfg: XGenMMConfig) -> grain.IterData
   dims = batch_spec.VisionDims.of(model_cfg)
   counters = stats_lib.Counters([s.name for s in pc.sources])
   pad_id = tokenizer_lib.load(pc.tokenizer, pc.reference_compatible).pad_id
-  ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, counters)
-  # Batch inside the workers: one transfer per batch, not per row.
-  ds = ds.batch(pc.batch_size, drop_remainder=True,
+  row_type = pairs_lib.PairRow if pc.pairs else packing.Row
+  ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, counters,
+                               row_type=row_type)
+  # Batch inside the workers: one transfer per batch, not per row. (A pair row is
+  # two batch rows.)
+  ds = ds.batch(pc.batch_size // row_type.rows, drop_remainder=True,
                 batch_fn=packing.CollateRows(pc.limits, dims, pad_id))
   if pc.worker_count > 0:
     _ensure_flags_parsed()

@@ -15,7 +15,9 @@ Layouts (bliperax/DESIGN.md §5):
 * `Chat` (SFT): the Phi-3 chat template; loss on each answer and its
   `<|end|>` only.
 * `Preference`: the chat `[prompt, chosen]` (so a DPO set can double as SFT
-  data); the pipeline has no pairwise batch.
+  data); for DPO, `render_pair` gives both chats `[prompt, chosen]` and
+  `[prompt, rejected]`, loss on each answer and its `<|end|>`, which the
+  pipeline packs as pairs (bliperax/data/pairs.py).
 
 `<|endofchunk|>` and `<image>` never carry loss (`tokenizer.Tokenizer.no_loss_ids`).
 Images over the per-sample cap (the reference skips training samples with
@@ -147,3 +149,26 @@ def render(sample: schema.Sample, tokenizer: tokenizer_lib.Tokenizer,
     system = options.system if sample.system is None else sample.system
     return _from_text(chat_lib.render_chat(turns, tokenizer, system=system), sample.images)
   raise SkipSample(UNSUPPORTED_KIND, type(sample).__name__)
+
+
+def render_pair(sample: schema.Sample, tokenizer: tokenizer_lib.Tokenizer,
+                options: RenderOptions = RenderOptions()) -> tuple[Rendered, Rendered]:
+  """A preference pair as two chats with one prompt and the same images: `[prompt,
+  chosen]` and `[prompt, rejected]`, labels on the answer and its `<|end|>` only.
+
+  The prompt's ids are the same in both: the chat tokens end it, and the tokenizer
+  cuts the text at them (bliperax/DESIGN.md §5).
+
+  Raises:
+    SkipSample: not a preference pair (a DPO mixture trains on pairs only), or over
+      the image cap.
+  """
+  if not isinstance(sample, schema.Preference):
+    raise SkipSample(UNSUPPORTED_KIND, f"{type(sample).__name__} in a preference (DPO) mixture")
+  _check_cap(sample.images, options.max_images)
+  system = options.system if sample.system is None else sample.system
+  chosen, rejected = (
+      _from_text(chat_lib.render_chat((sample.prompt, answer), tokenizer, system=system),
+                 sample.images)
+      for answer in (sample.chosen, sample.rejected))
+  return chosen, rejected

@@ -4,6 +4,11 @@ Batch i depends only on (seed, i): every row holds one random image (a single cr
 one resampler group) and a learnable text pattern (an arithmetic token sequence), so
 losses fall during training and a restored iterator continues with exactly the next
 batch. Each process produces only its own rows of the global batch.
+
+With `pairs=True` (DPO: tests, AOT compiles) the batch is a preference batch in the
+layout of bliperax/data/pairs.py: rows 2i and 2i+1 share one image and one prompt
+(the first half of the pattern, no loss) and differ in the answer, labelled: the
+chosen row continues the pattern, the rejected row continues it with another stride.
 """
 from __future__ import annotations
 
@@ -23,10 +28,15 @@ class SyntheticSource:
   """Iterator of host-local numpy batches; `get_state()` / `set_state()` resume exactly."""
 
   def __init__(self, cfg: XGenMMConfig, global_batch: int, seq_len: int, seed: int = 0,
-               process_index: int = 0, process_count: int = 1, text_vocab: int = 512):
+               process_index: int = 0, process_count: int = 1, text_vocab: int = 512,
+               pairs: bool = False):
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} is not divisible by {process_count} "
                        "processes")
+    if pairs and (global_batch // process_count) % 2:
+      raise ValueError(f"{global_batch // process_count} rows per process cannot hold "
+                       "whole pairs (2 rows each)")
+    self.pairs = pairs
     self.cfg = cfg
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
@@ -53,11 +63,33 @@ class SyntheticSource:
     return batch_lib.expand(ids, labels, [batch_lib.VisionInput(crops, index, valid)],
                             batch_spec.VisionDims.of(self.cfg))
 
+  def _pair_row(self, batch_index: int, row: int) -> batch_lib.Example:
+    """Row 2p (chosen) or 2p+1 (rejected) of pair p = row // 2: the pair's image and
+    prompt are drawn from (seed, batch, p, 0); only the answer depends on the side."""
+    p, rejected = divmod(row, 2)
+    r = np.random.default_rng([self.seed, batch_index, p, 0])
+    s = self.cfg.vision.image_size
+    lat = self.cfg.resampler.num_latents
+    crops = r.uniform(-1, 1, size=(1, s, s, 3)).astype(np.float32)
+    index, valid = image_lib.single_group(self.cfg.vision.num_patches, 1)
+    n_text = self.seq_len - lat - int(r.integers(0, 4))  # some rows padded
+    n_prompt = n_text // 2
+    start, stride = int(r.integers(0, self.text_vocab)), int(r.integers(1, 4))
+    prompt = start + stride * np.arange(n_prompt)
+    answer_stride = stride + 1 + int(r.integers(0, 3)) if rejected else stride
+    answer = prompt[-1] + answer_stride * np.arange(1, n_text - n_prompt + 1)
+    text = (1000 + np.concatenate([prompt, answer]) % self.text_vocab).tolist()
+    ids = text[:1] + [batch_lib.IMAGE_ID] + text[1:]
+    labels = [batch_spec.IGNORE] * (1 + n_prompt) + text[n_prompt:]
+    return batch_lib.expand(ids, labels, [batch_lib.VisionInput(crops, index, valid)],
+                            batch_spec.VisionDims.of(self.cfg))
+
   def __iter__(self):
     return self
 
   def __next__(self) -> Dict[str, np.ndarray]:
-    rows = [self._row(self.index, self.first_row + i) for i in range(self.local_batch)]
+    make = self._pair_row if self.pairs else self._row
+    rows = [make(self.index, self.first_row + i) for i in range(self.local_batch)]
     self.index += 1
     out = batch_lib.collate(rows, self.cfg, PAD_ID, "right", length=self.seq_len,
                             num_crops=1, num_groups=1)

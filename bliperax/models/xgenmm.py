@@ -26,6 +26,15 @@ def _constrain(x: Array, axes) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
+def _write_slots(x: Array, vision: Array, vision_slots: Array) -> Array:
+  """Text embeddings x [B, T, D] with vision tokens [B, G, L, D] written at their slots
+  int[B, G·L]; slot T (out of range) drops a token (padding groups)."""
+  b = vision.shape[0]
+  vision = vision.reshape(b, -1, vision.shape[-1]).astype(x.dtype)  # [B, G·L, D]
+  x = x.at[jnp.arange(b)[:, None], vision_slots].set(vision, mode="drop")
+  return _constrain(x, BTD)
+
+
 class XGenMM(nn.Module):
   """The VLM. Parameters: 'vision' (SigLIP), 'resampler' (Perceiver), 'lm' (Phi-3)."""
   config: XGenMMConfig
@@ -68,10 +77,7 @@ class XGenMM(nn.Module):
     if crops is None:
       return x
     vis = self.encode_images(crops, group_index, group_mask)
-    b = vis.shape[0]
-    vis = vis.reshape(b, -1, vis.shape[-1]).astype(x.dtype)  # [B, G·L, D]
-    x = x.at[jnp.arange(b)[:, None], vision_slots].set(vis, mode="drop")
-    return _constrain(x, BTD)
+    return _write_slots(x, vis, vision_slots)
 
   def features(self, tokens: Array, positions: Array, segment_ids: Array,
                crops: Optional[Array] = None, group_index: Optional[Array] = None,
@@ -79,6 +85,16 @@ class XGenMM(nn.Module):
                vision_slots: Optional[Array] = None) -> Array:
     """The decoder's final hidden state [B, T, D] (after the final norm), sown as 'hidden'."""
     x = self.embed(tokens, crops, group_index, group_mask, vision_slots)
+    hidden = _constrain(self.lm.decoder(x, positions, segment_ids), BTD)
+    self.sow("intermediates", "hidden", hidden)
+    return hidden
+
+  def features_with_vision(self, tokens: Array, positions: Array, segment_ids: Array,
+                           vision: Array, vision_slots: Array) -> Array:
+    """`features` with the vision tokens given instead of computed: vision [B, G, L, D]
+    (`encode_images`' output, e.g. computed once for both rows of a DPO pair,
+    bliperax/data/pairs.py) written into `vision_slots` int[B, G·L]."""
+    x = _write_slots(_constrain(self.lm.embed(tokens), BTD), vision, vision_slots)
     hidden = _constrain(self.lm.decoder(x, positions, segment_ids), BTD)
     self.sow("intermediates", "hidden", hidden)
     return hidden

@@ -7,7 +7,10 @@ compile) exists once. Nothing is allocated until `init_state` is called.
 
 With `cfg.lora.enabled` (bliperax/lora/config.py) the state is a LoraTrainState: the
 base parameters frozen (optionally stored in bf16), the optimizer built over the
-adapters alone, and `inference_params` merges them for evaluation.
+adapters alone, and `inference_params` merges them for evaluation. With
+`cfg.dpo.enabled` (bliperax/train/dpo_config.py) the step is the DPO step
+(bliperax/train/dpo_step.py) on pair batches, and without LoRA the state carries the
+frozen reference parameters (a DpoTrainState).
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from bliperax.lora.apply import Lora
 from bliperax.models import xgenmm
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
+from bliperax.train import dpo_config
+from bliperax.train import dpo_step
 from bliperax.train import optim
 from bliperax.train.step import TrainState, init_lora_state, init_state, train_step
 
@@ -93,8 +98,11 @@ class TrainSetup:
     else:  # the optimizer sees the adapters only; the base gets no state at all
       trained = nn.meta.unbox(lora_adapters.abstract(lora.plan, boxed_params, lora.rank))
     tx = optim.make(cfg.optim, trained, cfg.total_steps)
+    dpo = dpo_step.Dpo.from_config(cfg.dpo) if dpo_config.enabled(cfg) else None
     if lora is None:
-      init_fn = functools.partial(init_state, model=model, tx=tx, dummy=dummy)
+      # DPO without LoRA keeps the reference parameters in the state (dpo_step.py).
+      init_fn = functools.partial(init_state if dpo is None else dpo_step.init_dpo_state,
+                                  model=model, tx=tx, dummy=dummy)
     else:
       init_fn = functools.partial(init_lora_state, model=model, tx=tx, dummy=dummy, lora=lora,
                                   base_dtype=cfg.lora.get("base_dtype", ""))
@@ -104,8 +112,11 @@ class TrainSetup:
                                                       state_shardings)
     trainable = optim.trainable_mask(trained, cfg.optim.get("freeze", ()))
     extra = {} if lora is None else {"lora": lora, "dropout_seed": cfg.seed}
+    if dpo is not None:
+      extra["dpo"] = dpo
     step_fn = functools.partial(
-        train_step, model=model, tx=tx, accum_steps=cfg.train.get("accum_steps", 1),
+        train_step if dpo is None else dpo_step.train_step, model=model, tx=tx,
+        accum_steps=cfg.train.get("accum_steps", 1),
         lr_schedule=optim.schedule(cfg.optim, cfg.total_steps), trainable=trainable,
         loss_tokens_per_row=cfg.train.get("loss_tokens_per_row", 0), **extra)
     return cls(cfg=cfg, mesh=mesh, model_cfg=model_cfg, rules=rules, model=model, tx=tx,

@@ -26,6 +26,7 @@ from bliperax.lora import config as lora_config
 from bliperax.data.synthetic import SyntheticSource
 from bliperax.models.config import XGenMMConfig
 from bliperax.train import checkpoint as ckpt_lib
+from bliperax.train import dpo_config
 from bliperax.train import evals as evals_lib
 from bliperax.train import flops as flops_lib
 from bliperax.train import inputs as inputs_lib
@@ -44,7 +45,8 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: XGenMMConfig):
     return SyntheticSource(model_cfg, cfg.train.global_batch, cfg.train.seq_len,
                            seed=cfg.data.get("seed", cfg.seed),
                            process_index=jax.process_index(),
-                           process_count=jax.process_count())
+                           process_count=jax.process_count(),
+                           pairs=dpo_config.enabled(cfg))
   if kind == "grain":
     from bliperax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.make_source(cfg, model_cfg, process_index=jax.process_index(),
@@ -91,9 +93,12 @@ def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
                        f"{tuple(np.shape(flat_new[key]))}, the model config's is "
                        f"{tuple(flat_old[key].shape)}")
   flat_sh = layout.flatten(shardings.params)
-  placed = {k: jax.device_put(np.asarray(v).astype(flat_old[k].dtype), flat_sh[k])
-            for k, v in flat_new.items()}
-  return state.replace(params=layout.unflatten(placed))
+  def place():
+    return layout.unflatten({k: jax.device_put(np.asarray(v).astype(flat_old[k].dtype),
+                                               flat_sh[k]) for k, v in flat_new.items()})
+  if getattr(state, "reference", None) is not None:  # DPO: the init is the reference too
+    return state.replace(params=place(), reference=place())  # own buffers (donation)
+  return state.replace(params=place())
 
 
 def _sum_over_processes(value: float) -> float:
@@ -126,6 +131,11 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   if lora_config.enabled(cfg):
     try:
       lora_config.check(cfg.lora)
+    except ValueError as e:
+      raise InvalidRun(f"config {e}") from e
+  if dpo_config.enabled(cfg):
+    try:
+      dpo_config.check(cfg)
     except ValueError as e:
       raise InvalidRun(f"config {e}") from e
   accum = cfg.train.get("accum_steps", 1)
