@@ -13,6 +13,7 @@ from typing import Dict, Optional
 import ml_collections
 
 from bliperax.lora import config as lora_config
+from bliperax.train import dpo_config
 from bliperax.models import presets
 from bliperax.models.config import XGenMMConfig
 
@@ -53,6 +54,8 @@ def base(preset: str) -> ml_collections.ConfigDict:
   c.rules = ()  # () = bliperax.sharding.DEFAULT_RULES; else ((logical, mesh axes), ...)
   # LoRA adapters on a frozen base (bliperax/lora/config.py; off unless enabled).
   c.lora = lora_config.defaults()
+  # DPO on preference pairs (bliperax/train/dpo_config.py; off unless enabled).
+  c.dpo = dpo_config.defaults()
 
   # bliperax/DESIGN.md §9: AdamW, clip 1.0, cosine with linear warmup; the ViT stays frozen.
   c.optim = ml_collections.ConfigDict(dict(
