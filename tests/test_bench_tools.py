@@ -4,9 +4,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_bench_train_step_prints_its_measurements_as_json():
   proc = subprocess.run(
       [sys.executable, "tools/bench_train_step.py", "--config=experiments/tiny.py:batch=2",

@@ -66,6 +66,7 @@ def test_load_accepts_workdir_step_and_params(trained):
     checkpoints.load(run["data"])
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_kv_cache_generate_equals_full_recomputation(trained, images):
   """Greedy decoding with the cache = argmax of a full forward after every token."""
   _, params, cfg = trained

@@ -321,6 +321,7 @@ def test_vision_runs_once_per_pair():
                                        ("PerceiverResampler", (ROWS * g, p, 48))]
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_shared_vision_tokens_are_each_rows_own():
   """encode_images on the chosen rows, written into both rows, equals encoding every row
   (within the activation tolerance); another assignment of pairs does not."""
@@ -438,6 +439,7 @@ def test_lora_dpo_steps_lower_the_loss_and_widen_the_margin(lora_run):
   assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_full_dpo_keeps_a_frozen_reference_copy():
   """Without LoRA: the state holds the initial parameters as the reference; they get
   no update while the parameters move, and step 1 is policy == reference."""

@@ -340,6 +340,7 @@ def _sharding_report() -> dict:
   return report
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_adapters_shard_like_their_base_kernels(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""),

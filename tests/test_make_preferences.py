@@ -151,6 +151,7 @@ def _run(*args, timeout=300):
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_make_preferences_end_to_end(model, tmp_path):
   path, params, cfg = model
   images = example_shards.generated_images(3, seed=5)

@@ -128,7 +128,8 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("temperature", [
+    0.0, pytest.param(1.0, marks=pytest.mark.slow)])  # sampling: --runslow (suite budget)
 def test_streaming_sees_every_token_and_decodes_the_same(temperature):
   """on_token gets each step's tokens in order while the device loop runs, and the
   tokens equal a call without a callback: greedy and sampled, with rows that end early

@@ -265,6 +265,7 @@ def test_main_job_fresh_removes_only_a_main_job_workdir(tmp_path, main_job):
   assert main_job._is_main_job_workdir(tmp_path)
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_a_run_that_stopped_before_its_first_checkpoint_yields_to_a_fixed_config(tmp_path):
   """Nothing to resume: the rerun with the corrected config trains instead of refusing."""
   workdir = tmp_path / "run"

@@ -40,6 +40,7 @@ def _attempt_steps(log_text, attempt):
   return [int(s) for s in re.findall(r"^step\s+(\d+) \|", section, re.M)]
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_killed_sweep_resumes_skips_finished_members_and_survives_a_failing_one(
     env, tmp_path):
   """seed-0 finishes, then the sweep (and seed-1's trainer: the host went down) is
