@@ -51,6 +51,7 @@ import time
 from absl import app, flags, logging
 
 from bliperax import cli
+from bliperax import paths
 
 _INPUT = flags.DEFINE_string("input", None, "Chat shard set: a folder, glob or shard files "
                              "(comma-separated).")
@@ -89,16 +90,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr."
 flags.mark_flags_as_required(["input", "output", "checkpoint"])
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "--top_p must be in (0, 1]")
 
-def _fail(message: str) -> int:
-  print(f"error: {message}", file=sys.stderr)
-  return 2
-
-
-def _save_summary(path: str, summary: dict) -> None:
-  from bliperax.data import records  # pylint: disable=g-import-not-at-top
-  with open(path + records.TMP_SUFFIX, "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(path + records.TMP_SUFFIX, path)
+BAD_INPUT = 2  # as tools/build_shards.py and bliperax.generate
 
 
 def main(argv) -> int:
@@ -109,7 +101,7 @@ def main(argv) -> int:
   try:
     source = records.open_shards(_INPUT.value.split(","))
   except (FileNotFoundError, ValueError) as e:
-    return _fail(f"--input: {e}")
+    cli.fail(f"--input: {e}", BAD_INPUT)
   # jax only after the input check, so a wrong --input fails fast.
   import jax  # pylint: disable=g-import-not-at-top
   from bliperax.data import noise  # pylint: disable=g-import-not-at-top
@@ -119,14 +111,14 @@ def main(argv) -> int:
   try:
     params, model_cfg = checkpoints.load(_CHECKPOINT.value)
   except (checkpoints.CheckpointNotFound, ValueError) as e:
-    return _fail(f"cannot load --checkpoint: {e}")
+    cli.fail(f"cannot load --checkpoint: {e}", BAD_INPUT)
   params, model_cfg = checkpoints.for_inference(
       params, model_cfg, checkpoints.inference_dtype(_DTYPE.value, jax.default_backend()))
   try:
     writer = records.ShardSetWriter(_OUTPUT.value, _NAME.value, _NUM_SHARDS.value,
                                     _OVERWRITE.value)
   except (FileExistsError, ValueError, OSError) as e:
-    return _fail(f"--output: {e}")
+    cli.fail(f"--output: {e}", BAD_INPUT)
   options = preferences.Options(
       noise_level=_NOISE_LEVEL.value, noise_schedule=_NOISE_SCHEDULE.value,
       sampled=_SAMPLED.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
@@ -139,8 +131,8 @@ def main(argv) -> int:
                                          source, writer, options, _LIMIT.value,
                                          progress=bar.update)
     if not tally.used:  # leaving the block uncommitted removes the temporary shards
-      return _fail(f"--input {_INPUT.value}: no single-turn chat among its {tally.read} "
-                   f"record(s) (skipped: {dict(tally.skipped)})")
+      cli.fail(f"--input {_INPUT.value}: no single-turn chat among its {tally.read} "
+               f"record(s) (skipped: {dict(tally.skipped)})", BAD_INPUT)
     shards = writer.commit()
   summary = {"input": _INPUT.value, "checkpoint": _CHECKPOINT.value, "output": _OUTPUT.value,
              **tally.summary(),
@@ -151,7 +143,8 @@ def main(argv) -> int:
              "sampled": options.sampled, "max_new_tokens": options.max_new_tokens,
              "shards": [{"path": str(p), "samples": n} for p, n in shards],
              "seconds": round(time.time() - start, 3)}
-  _save_summary(os.path.join(_OUTPUT.value, f"{_NAME.value}.summary.json"), summary)
+  paths.write_text_atomic(os.path.join(_OUTPUT.value, f"{_NAME.value}.summary.json"),
+                          json.dumps(summary, indent=1))
   print(json.dumps(summary))
   return 0
 
