@@ -47,6 +47,7 @@ from bliperax.lora.apply import Lora
 from bliperax.models.xgenmm import XGenMM
 from bliperax.train import dpo as dpo_lib
 from bliperax.train import losses
+from bliperax.train import step as step_lib
 from bliperax.train.step import TrainState
 
 
@@ -212,20 +213,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
     if step_key is not None:
       micros = (micros, jnp.arange(accum_steps))
     (loss, aux, grads), _ = jax.lax.scan(body, init, micros)
-  grad_norm = optax.tree.norm(
-      jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
-  updates, opt_state = tx.update(grads, state.opt_state, weights)
-  weights = optax.apply_updates(weights, updates)
-  metrics = {
-      "loss": loss,
-      "grad_norm": grad_norm,
-      "learning_rate": lr_schedule(state.step),
-      "loss_tokens": count,
-      "dropped_loss_tokens": wanted - count,
-      "skipped_updates": opt_state.total_notfinite,
-      "pairs": pairs,
-      **aux,
-  }
-  if lora is None:
-    return state.replace(step=state.step + 1, params=weights, opt_state=opt_state), metrics
-  return state.replace(step=state.step + 1, opt_state=opt_state, adapters=weights), metrics
+  return step_lib.apply_update(state, weights, grads, tx=tx, lr_schedule=lr_schedule,
+                               trainable=trainable, lora=lora,
+                               metrics={"loss": loss, "loss_tokens": count,
+                                        "dropped_loss_tokens": wanted - count,
+                                        "pairs": pairs, **aux})

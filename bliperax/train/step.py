@@ -147,18 +147,29 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
     if step_key is not None:
       micros = (micros, jnp.arange(accum_steps))
     (loss, grads), _ = jax.lax.scan(body, init, micros)
+  return apply_update(state, weights, grads, tx=tx, lr_schedule=lr_schedule,
+                      trainable=trainable, lora=lora,
+                      metrics={"loss": loss, "loss_tokens": count,
+                               "dropped_loss_tokens": wanted - count})
+
+
+def apply_update(state: Any, weights: Any, grads: Any, *, tx: optax.GradientTransformation,
+                 lr_schedule: Callable[[jax.Array], jax.Array], trainable: Any,
+                 lora: Optional[Lora], metrics: Dict[str, jax.Array]
+                 ) -> Tuple[Any, Dict[str, jax.Array]]:
+  """The optimizer update every step ends with (cross-entropy and DPO alike).
+
+  `weights` is the tree being trained (the params, or with LoRA the adapters) and
+  `grads` its gradients; returns the next state (other fields, e.g. DPO's frozen
+  reference, kept) and `metrics` plus grad_norm (of the trainable leaves),
+  learning_rate and skipped_updates.
+  """
   grad_norm = optax.tree.norm(
       jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
   updates, opt_state = tx.update(grads, state.opt_state, weights)
   weights = optax.apply_updates(weights, updates)
-  metrics = {
-      "loss": loss,
-      "grad_norm": grad_norm,
-      "learning_rate": lr_schedule(state.step),
-      "loss_tokens": count,
-      "dropped_loss_tokens": wanted - count,
-      "skipped_updates": opt_state.total_notfinite,
-  }
+  metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": lr_schedule(state.step),
+             "skipped_updates": opt_state.total_notfinite}
   if lora is None:
-    return TrainState(step=state.step + 1, params=weights, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=weights, opt_state=opt_state), metrics
   return state.replace(step=state.step + 1, opt_state=opt_state, adapters=weights), metrics
