@@ -45,6 +45,9 @@ WEIGHT_RULES: Rules = (
     ("conv_height", None),
     ("conv_width", None),
     ("channels", None),
+    # LoRA's rank axis (bliperax/lora/adapters.py): fsdp, unless the adapter's kernel
+    # axes took it already (flax gives each mesh axis to the first rule that asks).
+    ("lora_rank", "fsdp"),
 )
 # Activations: the batch over every data-parallel axis, everything else replicated.
 ACTIVATION_RULES: Rules = (

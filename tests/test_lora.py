@@ -357,10 +357,11 @@ def test_adapters_shard_like_their_base_kernels(tmp_path):
   for path, r in report["sites"].items():
     kernel = pad(r["kernel"], r["kernel_ndim"])
     s = 1 + n_in[path.split("/")[-2]]  # the stacked 'layers' axis, then the inputs
-    if path.endswith("lora_a"):  # [L, *in, r]: the kernel's [L, *in] axes, rank unsplit
-      want = kernel[:s] + [None]
+    # The rank axis takes fsdp where the kernel's axes kept in the adapter do not.
+    if path.endswith("lora_a"):  # [L, *in, r]: the kernel's [L, *in] axes
+      want = kernel[:s] + [None if "fsdp" in kernel[:s] else "fsdp"]
     else:  # [L, r, *out]: the kernel's L and output axes
-      want = kernel[:1] + [None] + kernel[s:]
+      want = kernel[:1] + [None if "fsdp" in kernel[s:] else "fsdp"] + kernel[s:]
     assert pad(r["adapter"], r["ndim"]) == want, (path, r)
     assert r["moment"] == r["adapter"], (path, r)  # Adam's moments shard like the adapter
   # The mesh really splits them (fsdp over embed, tensor over heads / mlp).
@@ -368,6 +369,22 @@ def test_adapters_shard_like_their_base_kernels(tmp_path):
            for p, r in report["sites"].items()}
   assert specs["q_proj/lora_a"][1] == "fsdp" and specs["q_proj/lora_b"][2] == "tensor"
   assert specs["down_proj/lora_a"][1] == "tensor" and specs["down_proj/lora_b"][2] == "fsdp"
+  assert specs["q_proj/lora_b"][1] == "fsdp" and specs["down_proj/lora_a"][2] == "fsdp"
+
+
+def test_every_adapter_is_split_over_fsdp_on_an_fsdp_only_mesh():
+  """On a data x fsdp mesh (tensor 1) each adapter, and so its Adam moments, is split
+  over fsdp: through the kernel's input (A) or output (B) axis, else its rank axis."""
+  cfg = presets.get("tiny", scan_layers=True)  # as the recipes run: stacked [L, ...]
+  plan = plan_lib.make(cfg, lora_config.defaults().targets)
+  abstract = adapters_lib.abstract(plan, xgenmm.abstract_params(cfg), RANK)
+  specs = layout.flatten(nn.logical_to_mesh(nn.get_partition_spec(abstract),
+                                            sharding.DEFAULT_RULES))
+  assert specs and all(k.endswith(("lora_a", "lora_b")) for k in specs)
+  for path, spec in specs.items():
+    assert list(spec).count("fsdp") == 1, (path, spec)
+  q_b = next(v for k, v in specs.items() if k.endswith("q_proj/lora_b"))
+  assert tuple(q_b) == (None, "fsdp", "tensor", None)  # [L, r, heads, head_dim]
 
 
 # ----------------------------------------------------------------------------- counting

@@ -3,12 +3,15 @@
 For a kernel float32[*S, *I, *O] (S: a stacked 'layers' axis when scanned, I: the
 n_in input axes, O: the output axes) the adapters are
 
-  lora_a  float32[*S, *I, r]   axes (*S names, *I names, None)
-  lora_b  float32[*S, r, *O]   axes (*S names, None, *O names)
+  lora_a  float32[*S, *I, r]   axes (*S names, *I names, 'lora_rank')
+  lora_b  float32[*S, r, *O]   axes (*S names, 'lora_rank', *O names)
 
-so each shards like the kernel's own input or output axes (the rank is never split),
-and a scanned stack of kernels [L, in, out] gets stacked adapters [L, in, r] and
-[L, r, out]. A site that shares its fused Linear's A has only `lora_b`.
+so each shards like the kernel's own input or output axes, and a scanned stack of
+kernels [L, in, out] gets stacked adapters [L, in, r] and [L, r, out]. The rank axis
+takes the `fsdp` mesh axis where the kernel's axes kept in the adapter do not
+(bliperax/sharding.py's rules list 'lora_rank' after 'embed'): q_proj's B [r, heads]
+would otherwise be replicated over fsdp, and with it its Adam moments: on an
+FSDP-only mesh that is ~1 GiB per chip for the 4B recipe's rank 64. A site that shares its fused Linear's A has only `lora_b`.
 
 The tree mirrors the parameter tree: {'lm': {'decoder': {'layers': {'self_attn':
 {'q_proj': {'lora_a', 'lora_b'}, 'k_proj': {'lora_b'}, ...}}}}}. Adapters are always
@@ -31,6 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from bliperax.lora.plan import Plan, Site
+
+# The logical name of an adapter's rank axis (mapped in bliperax/sharding.py).
+RANK_AXIS = "lora_rank"
 
 
 def _stacked(names: Optional[Tuple[Any, ...]]) -> int:
@@ -88,10 +94,10 @@ def init(rng: jax.Array, plan: Plan, params: Any, rank: int) -> Dict[str, Any]:
       bound = 1.0 / math.sqrt(math.prod(shape[s:s + n]))
       key = jax.random.fold_in(rng, zlib.crc32(site.path.encode()) & 0x7FFFFFFF)
       a = jax.random.uniform(key, shape[:s + n] + (rank,), jnp.float32, -bound, bound)
-      out[f"{site.path}/lora_a"] = _box(a, None if names is None else names[:s + n] + (None,))
+      out[f"{site.path}/lora_a"] = _box(a, None if names is None else names[:s + n] + (RANK_AXIS,))
     b = jnp.zeros(shape[:s] + (rank,) + shape[s + n:], jnp.float32)
     out[f"{site.path}/lora_b"] = _box(
-        b, None if names is None else names[:s] + (None,) + names[s + n:])
+        b, None if names is None else names[:s] + (RANK_AXIS,) + names[s + n:])
   return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
