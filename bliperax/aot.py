@@ -96,7 +96,7 @@ def compile_train_step(cfg, topology: str, num_slices: int = 1,
   from bliperax import sharding
   from bliperax.data import batch_spec
   from bliperax.train import flops as flops_lib
-  from bliperax.train.setup import TrainSetup, vision_frozen
+  from bliperax.train.setup import TrainSetup
 
   try:
     topo = topologies.get_topology_desc(
@@ -131,7 +131,7 @@ def compile_train_step(cfg, topology: str, num_slices: int = 1,
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
   model_flops = flops_lib.step_flops(setup.model_cfg, cfg.train.global_batch,
                                      cfg.train.seq_len, n_img, n_img,
-                                     vision_trainable=not vision_frozen(cfg))
+                                     flops_lib.Training.of(setup))
   chips = len(devices)
   peak = flops_lib.peak_flops(devices[0].device_kind)
   hbm = topo_args["hbm_bytes"]

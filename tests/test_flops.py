@@ -1,5 +1,8 @@
 """Model FLOPs counted from the batch that ran (train/flops.py `batch_flops`) against
 the planned count (`step_flops`) on hand-built batches."""
+import dataclasses
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -73,7 +76,7 @@ def test_packing_padding_and_loss_positions():
   assert counted["vision"] == 1 * u["crop"] * 3  # the ViT frozen: forward only
   assert counted["resampler"] == 3 * u["group"] * 3
   assert counted["lm"] == 3 * (u["token"] * 22 + u["key"] * keys + u["head"] * 4)
-  every_head = flops.batch_flops(cfg, batch, vision_trainable=True)
+  every_head = flops.batch_flops(cfg, batch, training=flops.Training(vision=flops.FULL))
   assert every_head["lm"] - counted["lm"] == 3 * u["head"] * (22 - 4)
   assert every_head["vision"] == 3 * counted["vision"]
 
@@ -104,3 +107,63 @@ def test_real_crops_and_groups_follow_from_what_the_model_reads():
   np.testing.assert_array_equal(groups, batch["group_valid"])
   assert crops.sum() == 3 and groups.sum() == 3
   assert flops.batch_flops(cfg, model_only) == flops.batch_flops(cfg, batch)
+
+
+def test_what_trains_sets_each_towers_multiplier():
+  both = dict(vision=flops.FROZEN, resampler=flops.FROZEN)
+  lora = flops.Training(**both, lm=flops.ADAPTERS)
+  assert [lora.multiplier(t) for t in flops.TOWERS] == [1, 1, 2]
+  # A frozen LM behind a trained resampler still carries the gradient back: 2x.
+  late = flops.Training(vision=flops.FROZEN, resampler=flops.FULL, lm=flops.FROZEN)
+  assert [late.multiplier(t) for t in flops.TOWERS] == [1, 3, 2]
+  everything = flops.Training(vision=flops.FULL, resampler=flops.FULL, lm=flops.FULL)
+  assert [everything.multiplier(t) for t in flops.TOWERS] == [3, 3, 3]
+
+
+def test_dpo_counts_each_pairs_images_once_and_the_reference_forward():
+  """Rows 2i, 2i+1 of a pair batch share their crops: the step encodes them once (plus
+  once more for a reference with its own vision side); the reference runs the LM
+  forward on every row; LoRA in the LM adds 6 FLOPs per adapter parameter per token."""
+  cfg = presets.get("tiny")
+  u = flops._unit_costs(cfg)  # pylint: disable=protected-access
+  segments = np.zeros((4, T), np.int32)
+  segments[0, :6], segments[1, :9], segments[2, :4], segments[3, :4] = 1, 1, 1, 1
+  crops = [[1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0]]  # a pair's rows: the same images
+  batch = _batch(segments, crops, crops)
+  tokens = 6 + 9 + 4 + 4
+  keys = sum(n * (n + 1) // 2 for n in (6, 9, 4, 4))
+  lm_forward = u["token"] * tokens + u["key"] * keys + u["head"] * tokens
+  lora = flops.Training(vision=flops.FROZEN, resampler=flops.FROZEN, lm=flops.ADAPTERS,
+                        lm_adapter_params=1000, dpo=True, reference_shares_vision=True)
+  counted = flops.batch_flops(cfg, batch, training=lora)
+  assert counted["vision"] == u["crop"] * 3 and counted["resampler"] == u["group"] * 3
+  assert counted["lm"] == 2 * lm_forward + 6 * 1000 * tokens + lm_forward
+  own = flops.batch_flops(cfg, batch, training=dataclasses.replace(
+      lora, reference_shares_vision=False))
+  assert own["vision"] == 2 * counted["vision"] and own["resampler"] == 2 * counted["resampler"]
+  as_sft = flops.batch_flops(cfg, batch, training=dataclasses.replace(lora, dpo=False))
+  assert as_sft["vision"] == u["crop"] * 6  # the same rows, not pairs: every row's crops
+  planned = flops.step_flops(cfg, 4, T, crops_per_row=1.5, groups_per_row=1.5,
+                             training=lora)
+  assert planned["vision"] == counted["vision"]
+
+
+def test_training_of_a_lora_dpo_setup():
+  """A LoRA DPO config: only the LM has adapters (the reference shares the vision
+  tokens), their count as bliperax.lora.count reports it; without LoRA the towers
+  follow the freeze patterns."""
+  from bliperax import cli, sharding  # pylint: disable=g-import-not-at-top
+  from bliperax.lora import count  # pylint: disable=g-import-not-at-top
+  from bliperax.train.setup import TrainSetup  # pylint: disable=g-import-not-at-top
+  cfg = cli.load_config(str(pathlib.Path(__file__).parents[1] / "experiments" / "tiny.py"))
+  plain = flops.Training.of(TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh)))
+  assert (plain.vision, plain.resampler, plain.lm, plain.dpo) == (
+      flops.FROZEN, flops.FULL, flops.FULL, False)  # tiny.py freezes the ViT
+  cfg.lora.enabled, cfg.dpo.enabled = True, True
+  setup = TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  training = flops.Training.of(setup)
+  assert (training.vision, training.resampler, training.lm) == (
+      flops.FROZEN, flops.FROZEN, flops.ADAPTERS)
+  assert training.dpo and training.reference_shares_vision
+  want = count.report(setup.model_cfg, cfg.lora.targets, cfg.lora.rank)["adapter_params"]
+  assert training.lm_adapter_params == want > 0

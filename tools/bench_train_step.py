@@ -23,6 +23,7 @@ are at hand (synthetic rows hold one crop each; the rows of real shards, e.g. of
 `python -m bliperax.data.example_shards --layout=paper`, hold the config's
 data.max_crops); the JSON line says which data and init it ran.
 """
+import functools
 import json
 import os
 import resource
@@ -77,17 +78,12 @@ def main(argv):
     seconds, after = time.perf_counter() - t0, _usage()
   memory = step.memory_analysis()
   from bliperax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from bliperax.train.setup import vision_frozen  # pylint: disable=g-import-not-at-top
-  rows = len(batches[0]["tokens"])  # analytic FLOPs at the crops and groups that ran
-
-  def per_row(key, slots):  # sources without the host keys fill every slot
-    return sum(int(b[key].sum()) if key in b else b[slots].shape[0] * b[slots].shape[1]
-               for b in batches[1:]) / steps / rows
-  model_flops = flops_lib.step_flops(
-      setup.model_cfg, cfg.train.global_batch, cfg.train.seq_len,
-      crops_per_row=per_row("crop_valid", "crops"),
-      groups_per_row=per_row("group_valid", "group_index"),
-      vision_trainable=not vision_frozen(cfg))["total"]
+  # Analytic FLOPs of the batches that ran (their real crops, groups and tokens), as
+  # the trainer counts them for its MFU.
+  count = functools.partial(flops_lib.batch_flops, setup.model_cfg,
+                            training=flops_lib.Training.of(setup),
+                            head_at_loss_only=bool(cfg.train.get("loss_tokens_per_row")))
+  model_flops = sum(count(b)["total"] for b in batches[1:]) / steps
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   achieved = model_flops / (seconds / steps) / jax.device_count()
   print(json.dumps(dict(

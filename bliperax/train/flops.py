@@ -11,10 +11,20 @@ towers that train, 1× for a frozen tower behind a stop_gradient (the ViT).
   LM, per token per layer: 2·(D·(N+2K)·H + N·H·D + 3·D·F) dense, plus causal attention
     4·H·N·w̄ with w̄ the mean number of keys a query sees (T/2 for causal, capped by
     the sliding window); plus 2·D·V for the head.
+
+What a step does with each tower (`Training`): a tower whose weights train costs 3×
+its forward; one whose base is frozen but that needs the loss's gradient (LoRA
+adapters in it, or a trained tower before it) 2× (forward and the gradient wrt
+activations), plus 3 · 2 FLOPs per adapter parameter per token it applies to; a
+frozen tower with nothing trained before it 1×. DPO (`bliperax/train/dpo_step.py`)
+encodes each pair's images once (the chosen rows' crops) and adds the reference's
+forward: the LM on every row, and the vision side too unless the reference shares
+the policy's vision tokens (LoRA in the LM only).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -66,27 +76,87 @@ def _unit_costs(cfg: XGenMMConfig) -> Dict[str, float]:
           "head": 2 * t.width * t.logit_width, "key": t.depth * 4 * t.head_dim * t.num_heads}
 
 
-def _mult(trains: bool) -> float:
-  return 3.0 if trains else 1.0
+TOWERS = ("vision", "resampler", "lm")  # in the order data flows through them
+FULL, ADAPTERS, FROZEN = "full", "adapters", "frozen"
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What a step trains, as far as its FLOPs go (module docstring).
+
+  Attributes:
+    vision, resampler, lm: FULL (the tower's weights train), ADAPTERS (a frozen base
+      with trained LoRA adapters in it) or FROZEN.
+    lm_adapter_params: adapter parameters in the LM (applied to every LM token).
+    dpo: pair batches (rows 2i, 2i+1 share their images) and a reference forward.
+    reference_shares_vision: DPO's reference reuses the policy's vision tokens.
+  """
+  vision: str = FROZEN
+  resampler: str = FULL
+  lm: str = FULL
+  lm_adapter_params: int = 0
+  dpo: bool = False
+  reference_shares_vision: bool = False
+
+  def multiplier(self, tower: str) -> float:
+    """Forward passes' worth of FLOPs the policy spends in `tower` (1, 2 or 3)."""
+    upstream = TOWERS[:TOWERS.index(tower) + 1]
+    needs_gradient = any(getattr(self, t) != FROZEN for t in upstream)
+    return 1.0 + needs_gradient + (getattr(self, tower) == FULL)
+
+  @classmethod
+  def of(cls, setup: Any) -> "Training":
+    """For a `bliperax.train.setup.TrainSetup` (its config's freeze patterns, LoRA, DPO)."""
+    from bliperax.convert import layout  # pylint: disable=g-import-not-at-top
+    from bliperax.train import dpo_config  # pylint: disable=g-import-not-at-top
+    from bliperax.train import optim  # pylint: disable=g-import-not-at-top
+    cfg, lora = setup.cfg, setup.lora
+    if lora is None:  # a tower trains when any of its parameters does
+      labels = layout.flatten(optim.path_labels(setup.abstract_state.params,
+                                                cfg.optim.get("freeze", ())))
+      mode = {t: FULL if any(k.startswith(t + "/") and v == "train" for k, v in labels.items())
+              else FROZEN for t in TOWERS}
+      adapters = 0
+    else:  # only the adapters train
+      mode = {t: ADAPTERS if any(s.path.startswith(t + "/") for s in lora.plan) else FROZEN
+              for t in TOWERS}
+      flat = layout.flatten(setup.abstract_state.adapters)
+      adapters = sum(int(np.prod(v.shape)) for k, v in flat.items() if k.startswith("lm/"))
+    shares = lora is not None and all(s.path.startswith("lm/") for s in lora.plan)
+    return cls(**mode, lm_adapter_params=adapters, dpo=dpo_config.enabled(cfg),
+               reference_shares_vision=shares)
 
 
 def step_flops(cfg: XGenMMConfig, batch: int, seq_len: int, crops_per_row: int,
-               groups_per_row: int, vision_trainable: bool = False,
-               resampler_trainable: bool = True, lm_trainable: bool = True) -> Dict[str, float]:
+               groups_per_row: int, training: Training = Training()) -> Dict[str, float]:
   """FLOPs of one training step on a [batch, seq_len] batch; per tower and 'total'.
 
   The planned count: every row full with one causal sequence (each query sees T/2
-  keys on average) and `crops_per_row` / `groups_per_row` real crops and groups.
+  keys on average) and `crops_per_row` / `groups_per_row` real crops and groups
+  (with DPO, per pair row: the rows of a pair share them).
   `batch_flops` counts what a batch actually holds.
   """
-  u, t = _unit_costs(cfg), cfg.text
+  t = cfg.text
   keys = seq_len / 2 if t.sliding_window is None else min(seq_len / 2, t.sliding_window + 1)
-  lm = u["token"] + u["key"] * keys + u["head"]
-  out = {
-      "vision": _mult(vision_trainable) * u["crop"] * batch * crops_per_row,
-      "resampler": _mult(resampler_trainable) * u["group"] * batch * groups_per_row,
-      "lm": _mult(lm_trainable) * lm * batch * seq_len,
-  }
+  image_rows = batch // 2 if training.dpo else batch
+  return _count(cfg, training, crops=image_rows * crops_per_row,
+                groups=image_rows * groups_per_row, tokens=batch * seq_len,
+                keys=batch * seq_len * keys, heads=batch * seq_len)
+
+
+def _count(cfg: XGenMMConfig, training: Training, *, crops: float, groups: float,
+           tokens: float, keys: float, heads: float) -> Dict[str, float]:
+  """Per tower and 'total', from the real work units of a step (module docstring)."""
+  u = _unit_costs(cfg)
+  lm = u["token"] * tokens + u["key"] * keys + u["head"] * heads
+  out = {"vision": training.multiplier("vision") * u["crop"] * crops,
+         "resampler": training.multiplier("resampler") * u["group"] * groups,
+         "lm": training.multiplier("lm") * lm + 6.0 * training.lm_adapter_params * tokens}
+  if training.dpo:  # the reference's forward (vision on the pairs' images, once)
+    out["lm"] += lm
+    if not training.reference_shares_vision:
+      out["vision"] += u["crop"] * crops
+      out["resampler"] += u["group"] * groups
   out["total"] = sum(out.values())
   return out
 
@@ -137,29 +207,25 @@ def real_crops_and_groups(batch: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, 
 
 
 def batch_flops(cfg: XGenMMConfig, batch: Mapping[str, np.ndarray], *,
-                vision_trainable: bool = False, resampler_trainable: bool = True,
-                lm_trainable: bool = True, head_at_loss_only: bool = False) -> Dict[str, float]:
+                training: Training = Training(),
+                head_at_loss_only: bool = False) -> Dict[str, float]:
   """Model FLOPs of one training step on the batch that ran (host arrays).
 
   Counts real work only: real crops through the ViT and real groups through the
-  resampler (`real_crops_and_groups`), non-padding tokens (`segment_ids > 0`) through the LM with
+  resampler (`real_crops_and_groups`; with DPO the chosen rows' only, as the step
+  encodes each pair's images once), non-padding tokens (`segment_ids > 0`) through the LM with
   attention within each packed sample (`attended_keys`), and the head on every real
   token, or on loss positions only (`labels != IGNORE`) when the step runs it there
   (`train.loss_tokens_per_row`). Packed rows with several images and crops count
   every one of them, where `step_flops` assumes one.
   """
   from bliperax.data.batch_spec import IGNORE  # pylint: disable=g-import-not-at-top
-  u = _unit_costs(cfg)
   crop_valid, group_valid = real_crops_and_groups(batch)
+  if training.dpo:
+    crop_valid, group_valid = crop_valid[0::2], group_valid[0::2]
   segments = np.asarray(batch["segment_ids"])
   tokens = int((segments > 0).sum())
   heads = int((np.asarray(batch["labels"]) != IGNORE).sum()) if head_at_loss_only else tokens
-  lm = (u["token"] * tokens + u["key"] * attended_keys(segments, cfg.text.sliding_window)
-        + u["head"] * heads)
-  out = {
-      "vision": _mult(vision_trainable) * u["crop"] * int(crop_valid.sum()),
-      "resampler": _mult(resampler_trainable) * u["group"] * int(group_valid.sum()),
-      "lm": _mult(lm_trainable) * lm,
-  }
-  out["total"] = sum(out.values())
-  return out
+  return _count(cfg, training, crops=int(crop_valid.sum()), groups=int(group_valid.sum()),
+                tokens=tokens, keys=attended_keys(segments, cfg.text.sliding_window),
+                heads=heads)

@@ -31,7 +31,7 @@ from bliperax.train import evals as evals_lib
 from bliperax.train import flops as flops_lib
 from bliperax.train import inputs as inputs_lib
 from bliperax.train import metrics as metrics_lib
-from bliperax.train.setup import TrainSetup, vision_frozen
+from bliperax.train.setup import TrainSetup
 from bliperax.train.step import TrainState
 
 
@@ -207,7 +207,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # Model FLOPs counted from each batch that ran (every packed crop, group, token
   # and attended key), summed over the processes at each log: MFU of what ran.
   count_flops = functools.partial(
-      flops_lib.batch_flops, setup.model_cfg, vision_trainable=not vision_frozen(cfg),
+      flops_lib.batch_flops, setup.model_cfg, training=flops_lib.Training.of(setup),
       head_at_loss_only=bool(cfg.train.get("loss_tokens_per_row")))
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   step_fn = None
