@@ -10,8 +10,8 @@ Why a table and not that arithmetic on the device: XLA's algebraic simplifier
 rewrites a division by a constant into a multiplication by its rounded reciprocal,
 x · (1/255), and the CPU backend then fuses the − 0.5 into a fused multiply-add; with
 jax 0.10 on CPU 205 of the 256 values come out different in their last bits (an
-absolute error of ~6e-8, but not the reference's floats). Backends
-without a hardware divider are not correctly rounded either. A uint8 has only 256
+absolute error of ~6e-8, but not the reference's floats), and XLA promises no
+correctly rounded division on other backends either. A uint8 has only 256
 values, so the exact results are computed once here in numpy (IEEE float32, the
 reference's order of operations) and both the host and the device *look them up*: a
 gather copies bits, so every backend gives the same floats as the reference.
