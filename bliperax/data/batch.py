@@ -61,8 +61,7 @@ class Example:
   Attributes:
     tokens: int32[T]; labels: int32[T] (-100 off the loss).
     crops: uint8[C, S, S, 3] (or float32, see `crops_dtype`); group_index int32[G, P]
-      into the sample's crop
-      features [C·P]; group_mask bool[G, P].
+      into the sample's crop features [C·P]; group_mask bool[G, P].
     vision_slots: int32[G·L] the slot of each vision token in `tokens`.
   """
   tokens: np.ndarray

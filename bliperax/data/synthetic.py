@@ -1,9 +1,9 @@
 """A deterministic synthetic batch source with checkpointable state (tests, benchmarks, AOT).
 
 Batch i depends only on (seed, i): every row holds one random image (a single crop of
-uniform uint8 pixels, one resampler group) and a learnable text pattern (an arithmetic token sequence), so
-losses fall during training and a restored iterator continues with exactly the next
-batch. Each process produces only its own rows of the global batch.
+uniform uint8 pixels, one resampler group) and a learnable text pattern (an arithmetic
+token sequence), so losses fall during training and a restored iterator continues with
+exactly the next batch. Each process produces only its own rows of the global batch.
 
 With `pairs=True` (DPO: tests, AOT compiles) the batch is a preference batch in the
 layout of bliperax/data/pairs.py: rows 2i and 2i+1 share one image and one prompt
