@@ -18,6 +18,8 @@ cfg.data fields (bliperax/data/pipeline.py reads them):
                    anyres}; see bliperax/data/mixture.py and tfds_source.py
   num_epochs       0 = repeat forever
   pack             False: one sample per row (padding); max_segments caps samples per row
+  packing          "next_fit" (default) or "best_fit" (fuller rows; open_rows, default 8,
+                   rows in flight; bliperax/data/packing.py)
   max_crops        C, crops per row; max_groups G (0 = C)
   max_images       per-sample image cap (the reference: 4); documents keep their first
                    max_images, chats over the cap are skipped

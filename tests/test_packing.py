@@ -1,4 +1,6 @@
 """Packing: segment isolation (attention mask and logits), positions, vision slots, label spans."""
+import json
+
 import flax.linen as nn
 import grain
 import jax
@@ -204,3 +206,78 @@ def test_pack_iterator_state_restores_the_held_sample(examples):
   total = counters.to_dict(sum(r.stats for r in rows + list(it)))
   assert total["samples_read"] == 13 and total["skipped/bad_image"] == 1
   assert total["samples_packed"] == 12
+
+
+# ------------------------------------------------------------ best-fit packing
+
+
+def _text_items(lengths):
+  """Prepared text-only samples of these token counts (every token a loss token)."""
+  return [pipeline_stats.Prepared(batch_lib.expand(list(range(1, n + 1)), None, [], DIMS), 0)
+          for n in lengths]
+
+
+def _packed(items, limits, packer, open_rows=packing.DEFAULT_OPEN_ROWS):
+  counters = pipeline_stats.Counters(["s"])
+  ds = packing.PackIterDataset(grain.MapDataset.source(items).to_iter_dataset(), limits, DIMS,
+                               counters, packer=packer, open_rows=open_rows)
+  return ds, counters
+
+
+def _lengths(rows):
+  return [[len(e.tokens) for e in packed.row.examples] for packed in rows]
+
+
+def test_best_fit_puts_each_sample_into_the_fullest_open_row_it_fits():
+  """T = 10, two open rows. 6 opens A; 5 opens B; 4 fits both and goes to the fuller A,
+  which is then full and leaves; 3 and 1 join B. Next-fit needs a third row."""
+  limits = batch_spec.Limits(length=10, crops=1, groups=1)
+  items = _text_items([6, 5, 4, 3, 1])
+  best, counters = _packed(items, limits, "best_fit", open_rows=2)
+  rows = list(best)
+  assert _lengths(rows) == [[6, 4], [5, 3, 1]]
+  stats = counters.to_dict(sum(r.stats for r in rows))
+  assert (stats["row_tokens"], stats["row_capacity"]) == (19, 20)  # next-fit: 19 of 30
+  assert stats["samples_read"] == stats["samples_packed"] == 5
+  next_fit, _ = _packed(items, limits, "next_fit")
+  assert _lengths(list(next_fit)) == [[6], [5, 4], [3, 1]]
+
+
+def test_best_fit_evicts_the_oldest_row_and_emits_full_rows_at_once():
+  """T = 10, two open rows. 6 opens A, 5 opens B; 7 fits neither, opens C and evicts the
+  oldest, A; 2 goes to the fuller C; 10 fills a row of its own, which leaves at once
+  (B and C stay open); 3 fits only B. At the end B, then C."""
+  limits = batch_spec.Limits(length=10, crops=1, groups=1)
+  best, _ = _packed(_text_items([6, 5, 7, 2, 10, 3]), limits, "best_fit", open_rows=2)
+  assert _lengths(list(best)) == [[6], [10], [5, 3], [7, 2]]
+
+
+def test_best_fit_state_restores_the_open_rows(examples):
+  """From the state after every row (through JSON, as the trainer stores it), a fresh
+  iterator gives exactly the remaining rows and counts, and every item counts once."""
+  items = [pipeline_stats.Prepared(e, 0) for e in examples * 3] + _text_items(
+      [40, 7, 120, 3, 60, 150, 11, 90])
+  items.insert(4, pipeline_stats.Skipped("bad_image", 0))
+  limits = batch_spec.Limits(length=200, crops=10, groups=10)
+  ds, counters = _packed(items, limits, "best_fit", open_rows=3)
+  it = iter(ds)
+  rows, states = [], []
+  while True:
+    states.append(json.loads(json.dumps(it.get_state())))
+    try:
+      rows.append(next(it))
+    except StopIteration:
+      break
+  assert any(s["open_rows"] for s in states[1:-1])  # the states do hold open rows
+  for k in range(len(rows)):
+    again = iter(ds)
+    again.set_state(states[k])
+    got = list(again)
+    assert len(got) == len(rows) - k
+    for g, want in zip(got, rows[k:]):
+      np.testing.assert_array_equal(g.stats, want.stats)
+      for key, value in want.row.arrays(PAD).items():
+        np.testing.assert_array_equal(g.row.arrays(PAD)[key], value, err_msg=key)
+  total = counters.to_dict(sum(r.stats for r in rows))
+  assert total["samples_read"] == len(items) and total["skipped/bad_image"] == 1
+  assert total["samples_packed"] == len(items) - 1

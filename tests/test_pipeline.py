@@ -65,11 +65,22 @@ def _resume_in_fresh_process(tmp_path, cfg, processes, skip, num):
 
 
 def test_resume_with_two_workers_in_a_fresh_process(shards, tmp_path):
-  """mp_prefetch with 2 workers: the restored iterator continues with the exact next batch."""
-  cfg = helpers.tiny_config(shards, worker_count=2)
+  """mp_prefetch with 2 workers and best-fit packing (each worker's state lists its open
+  rows): the restored iterator continues with the exact next batch. (Next-fit resumes in
+  the tests below.)"""
+  cfg = helpers.tiny_config(shards, worker_count=2, packing="best_fit", open_rows=3)
   (batches,) = _resume_in_fresh_process(tmp_path, cfg, 1, skip=3, num=2)
   assert batches[0]["tokens"].shape == (4, 160)
   assert batches[0]["crops"].shape == (4, 10, 56, 56, 3)
+  assert batches[0]["crops"].dtype == np.uint8  # pixels; normalised on the device
+
+
+def test_packing_config_is_checked():
+  for bad, message in ((dict(packing="first_fit"), "data.packing"),
+                       (dict(packing="best_fit", open_rows=0), "data.open_rows")):
+    with pytest.raises(ValueError, match=message):
+      pipeline.from_config(helpers.tiny_config("/nowhere", **bad))
+  assert pipeline.from_config(helpers.tiny_config("/nowhere")).packer == "next_fit"
 
 
 def test_resume_with_thread_prefetch_in_a_fresh_process(shards, tmp_path):

@@ -18,9 +18,10 @@ own jitted step (`TrainSetup`, as the trainer builds it):
   - steps 1-3 on a data=2 x fsdp=2 x tensor=2 mesh;
   - from the one-device state after step 1 (where the learning rate is no longer
     0), one step on that mesh: with 2-step accumulation, and without it on the
-    batch, the permuted batch, an all-masked batch and a batch with NaN crops.
-That is three compiled train steps (one device; sharded with and without
-accumulation): compile time dominates on 2 CPU cores.
+    batch, the permuted batch, an all-masked batch and a batch with NaN crops
+    (float32 crops: the data's uint8 pixels cannot be NaN).
+That is four compiled train steps (one device; sharded with and without
+accumulation, and sharded for float32 crops): compile time dominates on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from bliperax import cli
 from bliperax import sharding
+from bliperax.data import pixels
 from bliperax.train import trainer
 from bliperax.train.setup import TrainSetup
 
@@ -104,7 +106,9 @@ def main(out_path: str, overrides_json: str) -> None:
   batches = [next(source) for _ in range(cfg.total_steps)]
   assert len(batches) >= 3, "the sharded checks take 3 steps"
   masked = {**batches[1], "labels": np.full_like(batches[1]["labels"], -100)}
-  poisoned = {**batches[1], "crops": batches[1]["crops"].copy()}
+  # uint8 pixel crops cannot hold a NaN: this batch carries float32 crops (the model takes
+  # those too, already normalised), NaN in its first row.
+  poisoned = {**batches[1], "crops": pixels.normalize(batches[1]["crops"])}
   poisoned["crops"][0] = np.nan
 
   # Logical names of every parameter, for checking shardings against the rules.
@@ -114,10 +118,10 @@ def main(out_path: str, overrides_json: str) -> None:
                              nn.get_partition_spec(boxed.params),
                              is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]}
 
-  def compile_step(parts):
+  def compile_step(parts, batch=None):
     """The trainer's jitted step, compiled for its mesh (lowered from abstract shapes)."""
     with parts.context():
-      return parts.compile_step(parts.global_batch(batches[0]))
+      return parts.compile_step(parts.global_batch(batches[0] if batch is None else batch))
 
   def run(step_fn, parts, host_state, batch_list):
     """Steps from a host state; returns the host state and metrics after each step."""
@@ -185,7 +189,8 @@ def main(out_path: str, overrides_json: str) -> None:
   variants = {"step2": batches[1], "step2_permuted": permuted[1], "masked": masked,
               "poisoned": poisoned}
   for name, batch in variants.items():
-    hosts, metrics = run(step8, parts8, host1, [batch])
+    step = step8 if name != "poisoned" else compile_step(parts8, poisoned)  # float32 crops
+    hosts, metrics = run(step, parts8, host1, [batch])
     out[name] = {"metrics": metrics[0], "params": flat(hosts[0].params)}
     if name == "poisoned":  # a skipped update must leave Adam's state alone too
       out[name]["opt_state"] = flat(hosts[0].opt_state)

@@ -106,13 +106,15 @@ def describe_row(batch: dict, b: int, tokenizer, lat: int, color: bool) -> str:
 
 
 def contact_sheet(batches: list[dict], thumb: int) -> Image.Image:
-  """One strip per row: its valid crops, de-normalized from [-1, 1]."""
+  """One strip per row: its valid crops (uint8 pixels as they are; float crops in
+  [-1, 1] de-normalized)."""
   strips = []
   for batch in batches:
     for b in range(batch["crops"].shape[0]):
       crops = batch["crops"][b][batch["crop_valid"][b]]
-      tiles = [Image.fromarray(np.clip((c + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8))
-               .resize((thumb, thumb)) for c in crops]
+      if crops.dtype != np.uint8:
+        crops = np.clip((crops + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+      tiles = [Image.fromarray(c).resize((thumb, thumb)) for c in crops]
       strips.append(tiles)
   width = max([len(s) for s in strips] + [1]) * (thumb + 2)
   sheet = Image.new("RGB", (width, max(len(strips), 1) * (thumb + 2)), (40, 40, 40))

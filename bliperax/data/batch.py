@@ -16,6 +16,7 @@ from PIL import Image
 
 from bliperax.data import batch_spec
 from bliperax.data import image as image_lib
+from bliperax.data import pixels
 from bliperax.data.batch_spec import IGNORE
 from bliperax.models.config import XGenMMConfig
 
@@ -28,7 +29,8 @@ class VisionInput:
   """One image: its crops and how their ViT features group for the resampler.
 
   Attributes:
-    crops: float32[n, S, S, 3] in [-1, 1].
+    crops: uint8[n, S, S, 3] pixels (`batch_spec.CROPS_DTYPE`), or float32 already in
+      [-1, 1] (noised images, tests; see `crops_dtype`).
     group_index: int32[g, P] indices into this image's flattened crop features [n·P].
     group_mask: bool[g, P] key mask of each group (True = attend).
   """
@@ -58,8 +60,8 @@ class Example:
 
   Attributes:
     tokens: int32[T]; labels: int32[T] (-100 off the loss).
-    crops: float32[C, S, S, 3]; group_index int32[G, P] into the sample's crop
-      features [C·P]; group_mask bool[G, P].
+    crops: uint8[C, S, S, 3] (or float32, see `crops_dtype`); group_index int32[G, P]
+      into the sample's crop features [C·P]; group_mask bool[G, P].
     vision_slots: int32[G·L] the slot of each vision token in `tokens`.
   """
   tokens: np.ndarray
@@ -68,6 +70,48 @@ class Example:
   group_index: np.ndarray
   group_mask: np.ndarray
   vision_slots: np.ndarray
+
+
+def crops_dtype(crops: Sequence[np.ndarray]) -> np.dtype:
+  """The dtype crops of these arrays share once put together in one sample or batch.
+
+  uint8 (`batch_spec.CROPS_DTYPE`, the training layout) when all of them are pixels;
+  float32 when any holds model-range values (e.g. noised images), the pixel ones then
+  normalised on the host by `pixels.normalize`, the device's own table, so the model
+  sees the same floats either way.
+
+  Raises:
+    ValueError: crops that are neither uint8 pixels nor floats.
+  """
+  for c in crops:
+    if c.dtype != batch_spec.CROPS_DTYPE and not np.issubdtype(c.dtype, np.floating):
+      raise ValueError(f"crops must be uint8 pixels or floats in [-1, 1], got {c.dtype}")
+  if all(c.dtype == batch_spec.CROPS_DTYPE for c in crops):
+    return batch_spec.CROPS_DTYPE
+  return np.dtype(np.float32)
+
+
+def as_crops(crops: np.ndarray, dtype: np.dtype) -> np.ndarray:
+  """`crops` in `dtype` (from `crops_dtype`): pixels normalised when dtype is float32.
+
+  Raises:
+    ValueError: float crops asked for as pixels (that cast would be silent garbage).
+  """
+  if crops.dtype == dtype:
+    return crops
+  if dtype == np.float32:
+    if crops.dtype == batch_spec.CROPS_DTYPE:
+      return pixels.normalize(crops)
+    return crops.astype(np.float32)
+  raise ValueError(f"{crops.dtype} crops cannot be written into a batch of {dtype} pixel "
+                   "crops")
+
+
+def set_crops_dtype(batch: dict, crops: Sequence[np.ndarray]) -> None:
+  """Gives `batch["crops"]` (as made by `batch_spec.padding`) the dtype that `crops`, the
+  arrays about to be written into it, share (`crops_dtype`); float32 padding is the
+  normalised zero pixel, as the model sees padding either way."""
+  batch["crops"] = as_crops(batch["crops"], crops_dtype(crops))
 
 
 def image_spans(ids: Sequence[int], images: Sequence[VisionInput],
@@ -124,14 +168,15 @@ def expand(ids: Sequence[int], labels: Optional[Sequence[int]], images: Sequence
   tokens.extend(ids[done:])
   out_labels.extend(labels[done:])
   if images:
-    crops = np.concatenate([im.crops for im in images]).astype(np.float32)
+    dtype = crops_dtype([im.crops for im in images])
+    crops = np.concatenate([as_crops(im.crops, dtype) for im in images])
     offsets = np.cumsum([0] + [im.crops.shape[0] for im in images[:-1]]) * dims.patches
     index = np.concatenate([im.group_index + off for im, off in zip(images, offsets)])
     mask = np.concatenate([im.group_mask for im in images])
   else:
     # Empty, but with the per-crop and per-group shapes of any other sample, so
     # that collate and packing treat it like an image sample with none.
-    crops = np.zeros((0, dims.crop_size, dims.crop_size, 3), np.float32)
+    crops = np.zeros((0, dims.crop_size, dims.crop_size, 3), batch_spec.CROPS_DTYPE)
     index = np.zeros((0, dims.patches), np.int32)
     mask = np.zeros((0, dims.patches), bool)
   return Example(np.asarray(tokens, np.int32), np.asarray(out_labels, np.int32), crops,
@@ -148,7 +193,8 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
       positions cumsum(mask) - 1, as the reference's `generate`).
     length, num_crops, num_groups: static sizes T, C, G (default: the largest needed).
   Returns:
-    numpy arrays of every key of `batch_spec.ALL_KEYS`.
+    numpy arrays of every key of `batch_spec.ALL_KEYS`; crops uint8 when every example's
+    are pixels, else float32 (`crops_dtype`).
   """
   if side not in ("left", "right"):
     raise ValueError(f"side must be 'left' or 'right', got {side!r}")
@@ -158,6 +204,7 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
   g = num_groups if num_groups is not None else max(1, max(len(e.group_index) for e in examples))
   batch = batch_spec.padding(b, batch_spec.Limits(t, c, g), batch_spec.VisionDims.of(cfg),
                              pad_id)
+  set_crops_dtype(batch, [e.crops for e in examples])
   for row, e in enumerate(examples):
     n = len(e.tokens)
     if n > t or len(e.crops) > c or len(e.group_index) > g:
@@ -167,7 +214,7 @@ def collate(examples: Sequence[Example], cfg: XGenMMConfig, pad_id: int,
     batch["tokens"][row, start:start + n] = e.tokens
     batch["labels"][row, start:start + n] = e.labels
     batch["segment_ids"][row, start:start + n] = 1
-    batch["crops"][row, :len(e.crops)] = e.crops
+    batch["crops"][row, :len(e.crops)] = as_crops(e.crops, batch["crops"].dtype)
     batch["crop_valid"][row, :len(e.crops)] = True
     batch["group_index"][row, :len(e.group_index)] = e.group_index
     batch["group_mask"][row, :len(e.group_index)] = e.group_mask

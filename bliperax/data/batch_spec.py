@@ -13,7 +13,10 @@ Arrays (the model's keyword arguments are `MODEL_KEYS`; training adds `labels`):
   positions     int32[B, T]   RoPE positions (restart at 0 in each packed sample)
   segment_ids   int32[B, T]   0 = padding; 1, 2, ... one id per packed sample
   labels        int32[B, T]   target at t (predicted from t-1); IGNORE off the loss
-  crops         float32[B, C, S, S, 3]  image crops in [-1, 1] (unused crops are zeros)
+  crops         uint8[B, C, S, S, 3]  image crops as pixels (unused crops are zeros); the
+                                model normalises them to [-1, 1] on the device
+                                (bliperax/data/pixels.py). The model also takes float32
+                                crops already in [-1, 1] (noised images, tests).
   group_index   int32[B, G, P]  per group, indices into the row's flattened crop
                                 features [C·P] (the anyres regrouping)
   group_mask    bool[B, G, P]   key mask of each group's features (True = attend)
@@ -32,6 +35,10 @@ import numpy as np
 from bliperax.models.config import XGenMMConfig
 
 IGNORE = -100  # label of a position off the loss (the PyTorch convention)
+
+# Crops cross process boundaries and reach the device as pixels: a quarter of the bytes
+# of float32, normalised inside the jitted step (bliperax/data/pixels.py).
+CROPS_DTYPE = np.dtype(np.uint8)
 
 MODEL_KEYS = ("tokens", "positions", "segment_ids", "crops", "group_index", "group_mask",
               "vision_slots")
@@ -73,10 +80,10 @@ def shapes(rows: int, limits: Limits, dims: VisionDims
   """{key: (shape, dtype)} of every array of a batch of `rows` rows (ALL_KEYS)."""
   b, t, c, g = rows, limits.length, limits.crops, limits.groups
   s, p, lat = dims.crop_size, dims.patches, dims.latents
-  i32, f32, b8 = np.dtype(np.int32), np.dtype(np.float32), np.dtype(bool)
+  i32, b8 = np.dtype(np.int32), np.dtype(bool)
   return dict(
       tokens=((b, t), i32), positions=((b, t), i32), segment_ids=((b, t), i32),
-      labels=((b, t), i32), crops=((b, c, s, s, 3), f32), group_index=((b, g, p), i32),
+      labels=((b, t), i32), crops=((b, c, s, s, 3), CROPS_DTYPE), group_index=((b, g, p), i32),
       group_mask=((b, g, p), b8), vision_slots=((b, g * lat), i32),
       crop_valid=((b, c), b8), group_valid=((b, g), b8))
 

@@ -8,7 +8,9 @@ Pipeline for one image of size (W, H) and base size `base` (384 for SigLIP):
   1. `select_pinpoint` picks a canvas (w, h) = base × grid among the pinpoints.
   2. The image is resized to fit the canvas (bicubic), pasted centred on black,
      and cut into base×base crops row-major; the image squashed to base×base
-     goes first. Each crop becomes float32 in [-1, 1].
+     goes first. Crops stay uint8 pixels (every resize is PIL's, on uint8, as in
+     the reference's processor); `pixels.normalize` maps them to float32 in
+     [-1, 1], on the device inside the jitted step.
   3. `regroup` gives the gather indices and key masks that turn the per-crop ViT
      features into the groups the reference feeds to the Perceiver resampler.
 """
@@ -36,9 +38,9 @@ class AnyresImage:
   """One image cut into anyres crops.
 
   Attributes:
-    crops: float32[1+Np, base, base, 3], channels-last, in [-1, 1]. Crop 0 is
-      the whole image squashed to base×base; then the Np = nW·nH grid crops,
-      row-major.
+    crops: uint8[1+Np, base, base, 3] pixels, channels-last (`pixels.normalize`
+      gives the model's float32 values). Crop 0 is the whole image squashed to
+      base×base; then the Np = nW·nH grid crops, row-major.
     grid: (nW, nH), the chosen grid of crops (columns, rows).
     image_size: (W, H) of the original image; the regrouping mask needs it.
   """
@@ -138,15 +140,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _normalize(pixels: np.ndarray) -> np.ndarray:
-  """uint8[..., 3] -> float32[..., 3] in [-1, 1]: ToTensor, Normalize(.5, .5).
-
-  Same float32 operations in the same order as torchvision, so bit-exact.
-  """
-  x = pixels.astype(np.float32) / np.float32(255)
-  return (x - np.float32(0.5)) / np.float32(0.5)
-
-
 def _squash(image: Image.Image, base: int) -> np.ndarray:
   """uint8[base, base, 3]: the RGB image resized to base×base, any aspect."""
   return np.asarray(image.resize((base, base), _RESAMPLE))
@@ -186,8 +179,8 @@ def _cut(canvas: np.ndarray, base: int) -> np.ndarray:
 
 
 def base_crop(image: Image.Image, base: int) -> np.ndarray:
-  """float32[1, base, base, 3]: only the squashed global image (no anyres)."""
-  return _normalize(_squash(_to_rgb(image), base))[None]
+  """uint8[1, base, base, 3]: only the squashed global image (no anyres)."""
+  return _squash(_to_rgb(image), base)[None]
 
 
 def anyres_crops(image: Image.Image, base: int,
@@ -200,13 +193,13 @@ def anyres_crops(image: Image.Image, base: int,
     grids: candidate grids (nW, nH).
 
   Returns:
-    An `AnyresImage` with crops float32[1+nW·nH, base, base, 3].
+    An `AnyresImage` with crops uint8[1+nW·nH, base, base, 3].
   """
   image = _to_rgb(image)
   canvas = select_pinpoint(image.size, pinpoints(base, grids))
   tiles = _cut(_pad_to_canvas(image, canvas), base)
   crops = np.concatenate([_squash(image, base)[None], tiles], axis=0)
-  return AnyresImage(crops=_normalize(crops),
+  return AnyresImage(crops=crops,
                      grid=(canvas[0] // base, canvas[1] // base),
                      image_size=tuple(image.size))
 

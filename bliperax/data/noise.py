@@ -2,7 +2,8 @@ r"""Diffusion-style image noise: the forward process q(x_t | x) of a denoising d
 
   x_t = sqrt(ᾱ)·x + sqrt(1 − ᾱ)·ε,   ε ~ N(0, I)
 
-applied to model-input crops (float32 in [−1, 1], the range diffusion models noise).
+applied to model-input crops (float32 in [−1, 1], the range diffusion models noise; uint8
+pixel crops are normalised first, bliperax/data/pixels.py).
 `tools/make_preferences.py` asks the model about images noised this way: its answers
 are the paper's extra rejected responses for DPO.
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from bliperax.data import pixels
 
 SCHEDULES = ("cosine", "linear")
 STEPS = 1000  # T of the linear schedule (DDPM's)
@@ -51,12 +54,15 @@ def alpha_bar(level: float, schedule: str = "cosine") -> float:
 
 def add_noise(x: np.ndarray, level: float, rng: np.random.Generator,
               schedule: str = "cosine") -> np.ndarray:
-  """x_t for x float32[...] (crops [C, S, S, 3] in [−1, 1]); ε drawn from `rng`.
+  """x_t for x float32[...] (crops [C, S, S, 3] in [−1, 1], or uint8 pixels, normalised
+  first); ε drawn from `rng`.
 
   Level 0 returns a copy of x bit for bit (ᾱ = 1 exactly), still drawing ε, so a
   generator's later draws do not depend on the level.
   """
   a = alpha_bar(level, schedule)
+  if x.dtype == np.uint8:  # pixels, not yet in the model's range
+    x = pixels.normalize(x)
   eps = rng.standard_normal(np.shape(x), dtype=np.float32)
   out = np.float32(math.sqrt(a)) * np.asarray(x, np.float32) + np.float32(
       math.sqrt(1.0 - a)) * eps

@@ -127,6 +127,15 @@ class PairRow:
     return self.chosen.groups + self.rejected.groups
 
   @property
+  def full(self) -> bool:
+    """No pair fits any more: either row is full."""
+    return self.chosen.full or self.rejected.full
+
+  @property
+  def crop_arrays(self) -> list[np.ndarray]:
+    return self.chosen.crop_arrays + self.rejected.crop_arrays
+
+  @property
   def loss_tokens(self) -> int:
     return self.chosen.loss_tokens + self.rejected.loss_tokens
 

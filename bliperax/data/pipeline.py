@@ -10,8 +10,9 @@ Stages (bliperax/DESIGN.md §6), per process:
    crops (one squashed base crop for pre-training sources, anyres for SFT) ->
    `packing.fit` (cut only between blocks) -> `batch.expand` (`<image>` ->
    vision-token slots). Failures become counted `Skipped` items.
-3. `packing.PackIterDataset`: next-fit rows (or one sample per row with
-   `max_segments=1`), static shapes, a counter vector per row. For DPO
+3. `packing.PackIterDataset`: next-fit rows, or best-fit over a few open rows
+   with `data.packing = "best_fit"` (or one sample per row with `max_segments=1`),
+   static shapes, a counter vector per row; crops stay uint8 pixels. For DPO
    (`cfg.dpo.enabled`, `PipelineConfig.pairs`) every sample is a preference
    pair rendered as two chats and packed into two adjacent rows
    (bliperax/data/pairs.py); other sample kinds are skipped as unsupported.
@@ -73,6 +74,9 @@ class PipelineConfig:
       `PrepareSample`, and how many samples they prepare ahead.
     pairs: preference pairs for DPO: row 2i chosen, row 2i+1 rejected
       (bliperax/data/pairs.py); `batch_size` must be even.
+    packer: `data.packing`, "next_fit" (default) or "best_fit": each sample into the fullest of
+      `open_rows` open rows it fits (bliperax/data/packing.py); fuller rows, slightly
+      more samples in flight and reordered within `open_rows` rows.
   """
   sources: tuple[mixture.SourceSpec, ...]
   batch_size: int
@@ -91,6 +95,8 @@ class PipelineConfig:
   read_threads: int = 2
   read_buffer_size: int = 16
   pairs: bool = False
+  packer: str = "next_fit"
+  open_rows: int = packing.DEFAULT_OPEN_ROWS
 
 
 def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
@@ -106,6 +112,13 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
                           segments=int(d.get("max_segments", 0)) if d.get("pack", True) else 1)
   system = d.get("system", chat_lib.SYSTEM_PROMPT)
   pairs = dpo_config.enabled(cfg)
+  packer = d.get("packing", "next_fit")
+  if packer not in packing.PACKERS:
+    raise ValueError(f"data.packing must be one of {', '.join(packing.PACKERS)}, "
+                     f"got {packer!r}")
+  open_rows = int(d.get("open_rows", packing.DEFAULT_OPEN_ROWS))
+  if open_rows < 1:
+    raise ValueError(f"data.open_rows must be at least 1, got {open_rows}")
   if pairs and (cfg.train.global_batch // process_count) % 2:
     raise ValueError(f"DPO: {cfg.train.global_batch // process_count} rows per process "
                      "cannot hold whole pairs (2 rows each)")
@@ -122,7 +135,8 @@ def from_config(cfg: ml_collections.ConfigDict, process_index: int = 0,
       worker_buffer_size=int(d.get("worker_buffer_size", 2)),
       thread_prefetch=int(d.get("thread_prefetch", 0)),
       read_threads=int(d.get("read_threads", 2)),
-      read_buffer_size=int(d.get("read_buffer_size", 16)), pairs=pairs)
+      read_buffer_size=int(d.get("read_buffer_size", 16)), pairs=pairs,
+      packer=packer, open_rows=open_rows)
 
 
 def max_crops_per_image(model_cfg: XGenMMConfig, anyres: bool) -> int:
@@ -263,7 +277,7 @@ def build_dataset(pc: PipelineConfig, model_cfg: XGenMMConfig) -> grain.IterData
   pad_id = tokenizer_lib.load(pc.tokenizer, pc.reference_compatible).pad_id
   row_type = pairs_lib.PairRow if pc.pairs else packing.Row
   ds = packing.PackIterDataset(mixed.to_iter_dataset(read), pc.limits, dims, counters,
-                               row_type=row_type)
+                               row_type=row_type, packer=pc.packer, open_rows=pc.open_rows)
   # Batch inside the workers: one transfer per batch, not per row. (A pair row is
   # two batch rows.)
   ds = ds.batch(pc.batch_size // row_type.rows, drop_remainder=True,

@@ -1,9 +1,9 @@
 """A deterministic synthetic batch source with checkpointable state (tests, benchmarks, AOT).
 
-Batch i depends only on (seed, i): every row holds one random image (a single crop,
-one resampler group) and a learnable text pattern (an arithmetic token sequence), so
-losses fall during training and a restored iterator continues with exactly the next
-batch. Each process produces only its own rows of the global batch.
+Batch i depends only on (seed, i): every row holds one random image (a single crop of
+uniform uint8 pixels, one resampler group) and a learnable text pattern (an arithmetic
+token sequence), so losses fall during training and a restored iterator continues with
+exactly the next batch. Each process produces only its own rows of the global batch.
 
 With `pairs=True` (DPO: tests, AOT compiles) the batch is a preference batch in the
 layout of bliperax/data/pairs.py: rows 2i and 2i+1 share one image and one prompt
@@ -53,7 +53,7 @@ class SyntheticSource:
     r = np.random.default_rng([self.seed, batch_index, row])
     s = self.cfg.vision.image_size
     lat = self.cfg.resampler.num_latents
-    crops = r.uniform(-1, 1, size=(1, s, s, 3)).astype(np.float32)
+    crops = r.integers(0, 256, size=(1, s, s, 3), dtype=batch_spec.CROPS_DTYPE)
     index, valid = image_lib.single_group(self.cfg.vision.num_patches, 1)
     n_text = self.seq_len - lat - int(r.integers(0, 4))  # some rows padded
     start, stride = int(r.integers(0, self.text_vocab)), int(r.integers(1, 4))
@@ -70,7 +70,7 @@ class SyntheticSource:
     r = np.random.default_rng([self.seed, batch_index, p, 0])
     s = self.cfg.vision.image_size
     lat = self.cfg.resampler.num_latents
-    crops = r.uniform(-1, 1, size=(1, s, s, 3)).astype(np.float32)
+    crops = r.integers(0, 256, size=(1, s, s, 3), dtype=batch_spec.CROPS_DTYPE)
     index, valid = image_lib.single_group(self.cfg.vision.num_patches, 1)
     n_text = self.seq_len - lat - int(r.integers(0, 4))  # some rows padded
     n_prompt = n_text // 2

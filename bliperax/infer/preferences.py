@@ -113,8 +113,9 @@ def single_turn_chats(source, limit: int, tally: Tally) -> Iterator[tuple[int, o
 
 def noised_example(example: batch_lib.Example, level: float, schedule: str, seed: int,
                    position: int) -> batch_lib.Example:
-  """`example` with its crops float32[C, S, S, 3] noised (bliperax/data/noise.py) by the
-  generator of (seed, position); tokens and vision slots unchanged."""
+  """`example` with its crops (uint8 pixels) noised into float32[C, S, S, 3] model-range
+  values (bliperax/data/noise.py) by the generator of (seed, position); tokens and vision
+  slots unchanged."""
   crops = noise.add_noise(example.crops, level, noise.sample_rng(seed, position), schedule)
   return dataclasses.replace(example, crops=crops)
 

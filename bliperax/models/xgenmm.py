@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bliperax.data import batch_spec
+from bliperax.data import pixels
 from bliperax.models.config import XGenMMConfig
 from bliperax.models.phi3 import Phi3LanguageModel
 from bliperax.models.resampler import PerceiverResampler
@@ -50,7 +52,13 @@ class XGenMM(nn.Module):
     self.lm = Phi3LanguageModel(c.text, c.numerics, decode=self.decode)
 
   def encode_images(self, crops: Array, group_index: Array, group_mask: Array) -> Array:
-    """crops [B, C, H, W, 3], group_index int[B, G, P], group_mask bool[B, G, P] -> [B, G, L, D]."""
+    """crops [B, C, H, W, 3], group_index int[B, G, P], group_mask bool[B, G, P] -> [B, G, L, D].
+
+    Crops are uint8 pixels (the batch layout), normalised here, on the device, by the
+    host's own table (bliperax/data/pixels.py), or float32 already in [-1, 1].
+    """
+    if crops.dtype == jnp.uint8:
+      crops = pixels.normalize(crops)
     b, c = crops.shape[:2]
     crops = _constrain(crops.reshape((b * c,) + crops.shape[2:]),
                        ("activation_batch", None, None, None))
@@ -127,7 +135,7 @@ def dummy_inputs(cfg: XGenMMConfig, batch: int = 1, length: int = 8, crops: int 
       tokens=jnp.zeros((batch, length), jnp.int32),
       positions=jnp.zeros((batch, length), jnp.int32),
       segment_ids=jnp.ones((batch, length), jnp.int32),
-      crops=jnp.zeros((batch, crops, s, s, 3), jnp.float32),
+      crops=jnp.zeros((batch, crops, s, s, 3), batch_spec.CROPS_DTYPE),
       group_index=jnp.zeros((batch, groups, p), jnp.int32),
       group_mask=jnp.ones((batch, groups, p), bool),
       vision_slots=jnp.full((batch, groups * cfg.resampler.num_latents), length, jnp.int32),
