@@ -81,6 +81,12 @@ def test_packing_config_is_checked():
     with pytest.raises(ValueError, match=message):
       pipeline.from_config(helpers.tiny_config("/nowhere", **bad))
   assert pipeline.from_config(helpers.tiny_config("/nowhere")).packer == "next_fit"
+  # The configs' packing fields (so --config.data.packing works) are the pipeline's
+  # defaults for configs without them.
+  from bliperax.configs import mixtures  # pylint: disable=g-import-not-at-top
+  from bliperax.data import packing  # pylint: disable=g-import-not-at-top
+  assert mixtures.PACKING == {"packing": "next_fit", "open_rows": packing.DEFAULT_OPEN_ROWS}
+  assert mixtures.grain_data(None).packing == "next_fit"
 
 
 def test_resume_with_thread_prefetch_in_a_fresh_process(shards, tmp_path):

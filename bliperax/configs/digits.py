@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import ml_collections
 
+from bliperax.configs import mixtures
 from bliperax.configs.base import base, parse_arg
 
 
@@ -48,7 +49,7 @@ def digits_stage(arg: Optional[str], *, steps: int, seq_len: int, loss_tokens_pe
       kind="grain", seed=data_seed, shuffle=True, num_epochs=0, pack=True, max_segments=0,
       max_crops=max_crops, max_groups=0, max_images=4, worker_count=int(k.get("workers", 1)),
       worker_buffer_size=2, thread_prefetch=2, read_threads=1, read_buffer_size=32,
-      tokenizer="", reference_compatible=False))
+      tokenizer="", reference_compatible=False, **mixtures.PACKING))
   c.data.sources = ml_collections.ConfigDict({
       name: dict(paths=f"{root}/train/{name}", weight=weight, anyres=anyres)
       for name, (weight, anyres) in sources.items()})

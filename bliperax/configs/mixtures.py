@@ -108,6 +108,12 @@ def sources_config(mixture: Tuple[Source, ...], root: str) -> ml_collections.Con
       for s in mixture})
 
 
+# How rows are packed (bliperax/data/packing.py): next-fit, or best-fit over `open_rows`
+# rows in flight; in every Grain config so `--config.data.packing=best_fit` works. The
+# pipeline assumes the same for configs that lack them (a test keeps the two equal).
+PACKING = dict(packing="next_fit", open_rows=8)
+
+
 def grain_data(sources: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """A `cfg.data` for the Grain pipeline over `sources` (fields: experiments/data_example.py).
 
@@ -117,7 +123,8 @@ def grain_data(sources: ml_collections.ConfigDict, **overrides) -> ml_collection
   d = ml_collections.ConfigDict(dict(
       kind="grain", seed=0, shuffle=True, num_epochs=0, pack=True, max_segments=0,
       max_crops=4, max_groups=0, max_images=4, worker_count=8, worker_buffer_size=2,
-      read_threads=2, read_buffer_size=16, tokenizer="", reference_compatible=False))
+      read_threads=2, read_buffer_size=16, tokenizer="", reference_compatible=False,
+      **PACKING))
   d.sources = sources
   d.update(overrides)
   return d
