@@ -19,8 +19,10 @@ process then reports the last step it passed to `reached_preemption_sync_point`,
 after a barrier, takes the largest reported step + 1 as the sync point. Reporting
 holds a lock that `reached_preemption_sync_point` also takes, so no process moves on
 while the point is being chosen, and every process, calling with every step, reaches
-that point exactly once: all return True at the same step. Orbax's CheckpointManager
-calls the same function with the step it saves, which only repeats our report.
+that point exactly once: all return True at the same step. The loop must be the only
+caller: each call overwrites the process's reported step, and Orbax's own calls
+(with the step a save is for, also from its background thread) are switched off in
+bliperax/train/checkpoint.py.
 
 The sync manager's counter starts at 0 and means "the last step passed": a resumed run
 reports its restored step as soon as the trainer knows it (`Preemption(start)`), so a
@@ -32,9 +34,10 @@ default action (the process dies; the latest complete checkpoint stays the lates
 """
 from __future__ import annotations
 
+import logging
 import signal
+
 import jax
-from absl import logging
 from jax.experimental import multihost_utils
 
 
