@@ -2,14 +2,15 @@
 
 Running again on the same workdir resumes from the latest checkpoint (train state and
 data position), so an interrupted run continues exactly. SIGTERM (preemption) saves
-a checkpoint at the current step and returns cleanly.
+a checkpoint at the current step and returns cleanly; on a pod SIGTERM to any one
+process stops all of them at one agreed step, all save it and return
+(bliperax/train/preemption.py).
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import signal
 import tempfile
 import time
 from typing import Any, Dict
@@ -31,6 +32,7 @@ from bliperax.train import evals as evals_lib
 from bliperax.train import flops as flops_lib
 from bliperax.train import inputs as inputs_lib
 from bliperax.train import metrics as metrics_lib
+from bliperax.train import preemption
 from bliperax.train.setup import TrainSetup
 from bliperax.train.step import TrainState
 
@@ -52,26 +54,6 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: XGenMMConfig):
     return pipeline.make_source(cfg, model_cfg, process_index=jax.process_index(),
                                 process_count=jax.process_count())
   raise ValueError(f"unknown data kind {kind!r}")
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: will checkpoint at the current step and stop")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
 
 
 def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
@@ -192,6 +174,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   source = make_source(cfg, setup.model_cfg)
 
   start = ckpt.latest_step()
+  preempt = preemption.Preemption(start or 0)  # a notice from here on stops every process
   with setup.context():
     if start is not None:
       state, data_state = ckpt.restore(start, setup.abstract_state)
@@ -213,7 +196,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   step_fn = None
   last: Dict[str, Any] = {}
   window_start, window_wait, window_steps, window_flops = time.time(), 0.0, 0, 0.0
-  with _Preemption() as preempt, setup.context():
+  with preempt, setup.context():
     step = start
     while step < cfg.total_steps:
       t0 = time.time()
@@ -258,10 +241,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       saved = step % cfg.checkpoint_every == 0 or step == cfg.total_steps
       if saved:
         ckpt.save(step, state, source.get_state())
-      if preempt.requested:
+      if preempt.reached(step):  # every step, every process: the same step on all
         if not saved:  # Orbax refuses a second save of one step (StepAlreadyExistsError)
           ckpt.save(step, state, source.get_state(), force=True)
-        logging.warning("preempted: checkpoint at step %d saved", step)
+        logging.warning("preempted: stopping at step %d (its checkpoint is finished "
+                        "before exit)", step)
         break
   ckpt.close()
   writer.close()
