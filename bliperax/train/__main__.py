@@ -26,10 +26,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from bliperax import run_record  # pylint: disable=g-import-not-at-top
+  from bliperax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from bliperax.train import trainer  # after flags: keeps --help fast
   try:
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
-  except (run_record.RunMismatch, trainer.InvalidRun) as e:
+  except (run_record.RunMismatch, trainer.InvalidRun, checkpoint.DataStateMismatch) as e:
     # A refusal, not a crash: the message says what is wrong and what to do.
     sys.exit(f"bliperax.train: {e}")
   print(json.dumps(result))
