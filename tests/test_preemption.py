@@ -8,9 +8,12 @@ the same step, both save it and both exit 0, and the run resumed from there must
 exactly the metrics of an uninterrupted 2-process run and end in the same state, bit
 for bit (same devices, same reduction order: nothing may differ).
 
-  - default: process 1 is signalled while the checkpoint of step 3 is being written
+  - process 1 is signalled while the checkpoint of step 3 is being written
     (tests/slow_save_train.py holds that save open for a few seconds, so it is in
-    flight when the signal lands and when the processes decide to stop);
+    flight when the signal lands and when the processes decide to stop): in the
+    default suite both must stop at one step, exit 0 and leave that step's
+    checkpoint finished (one 2-process run); with --runslow the run is also resumed
+    and compared with an uninterrupted one (three runs);
   - slow: process 0, the coordinator, is signalled in the middle of a step.
 Unlike tests/test_train.py these runs use no persistent compilation cache (see
 `_env_without_cache`): every run compiles, on both processes at once.
@@ -164,16 +167,31 @@ def _assert_resumes_exactly(stop: Dict, resume: Dict, workdir: pathlib.Path,
     assert final_got[k].tobytes() == final_want[k].tobytes(), k
 
 
-def test_sigterm_to_one_process_during_an_async_save(tmp_path, uninterrupted):
-  """Process 1 signalled while step 3's checkpoint is written: both stop at one step."""
-  workdir = tmp_path / "run"
+def _preempt_during_async_save(workdir: pathlib.Path) -> Dict:
+  """Process 1 signalled while step 3's checkpoint is written: both stop at one step,
+  having saved it; the held checkpoint was finished, not dropped."""
   stop = _preempt(workdir, signalled=1, slow_save=True,
                   ready=lambda w: bool(_tmp_checkpoints(w, SLOW_SAVE_STEP)))
   assert stop["in_flight"], "step 3's save had finished before the signal was sent"
-  # Stopped at or after the held step (3 when the signal came before its own check),
-  # and the held checkpoint was finished, not dropped.
+  # Stopped at or after the held step (3 when the signal came before its own check).
   assert stop["step"] >= SLOW_SAVE_STEP
   assert SLOW_SAVE_STEP in stop["checkpoints"], stop["checkpoints"]
+  assert stop["checkpoints"][-1] == stop["step"], stop["checkpoints"]
+  assert stop["tmp"] == [], f"unfinished saves left behind: {stop['tmp']}"
+  assert stop["logged"] == list(range(1, stop["step"] + 1))
+  return stop
+
+
+def test_sigterm_to_one_process_during_an_async_save_stops_both_at_one_step(tmp_path):
+  """The default suite's part (one 2-process run): agreement, exit 0, the saves. The
+  bit-exact resume against an uninterrupted run takes two more runs: --runslow."""
+  _preempt_during_async_save(tmp_path / "run")
+
+
+@pytest.mark.slow  # three 2-process runs: over the default suite's budget on 2 cores
+def test_sigterm_to_one_process_during_an_async_save_resumes_exactly(tmp_path, uninterrupted):
+  workdir = tmp_path / "run"
+  stop = _preempt_during_async_save(workdir)
   _assert_resumes_exactly(stop, _resume(workdir), workdir, uninterrupted)
 
 
