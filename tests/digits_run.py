@@ -1,8 +1,12 @@
 """A short digits run (tiny data, few steps) shared by the digits and CLI tests.
 
 `short_run()` builds it once per test process: data, 2 pre-training steps,
-export of the params, 3 fine-tuning steps. The model barely learns; the tests
-check the plumbing and the decoding, not accuracy.
+export of the params, 3 fine-tuning steps. `short_post_run()` continues it as the
+main job's last stages do: export of the SFT params, preference pairs from a few
+training sums (tools/make_preferences.py's library) and 2 DPO steps
+(experiments/digits/dpo.py); `short_control_run()` adds 2 steps of its control
+(sft_control.py). The model barely learns; the
+tests check the plumbing and the decoding, not accuracy.
 """
 import atexit
 import functools
@@ -16,12 +20,14 @@ import ml_collections
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def config(name: str, data: pathlib.Path, steps: int):
+def config(name: str, data: pathlib.Path, steps: int, knobs: str = ""):
   """experiments/digits/<name>.py at `steps` steps with rows small enough for tests (the
-  SFT's in-training evaluators on 4 held-out questions per task)."""
+  SFT's in-training evaluators on 4 held-out questions per task); `knobs` adds
+  ',k=v' knobs."""
   from bliperax import cli  # pylint: disable=g-import-not-at-top
   path = ROOT / "experiments" / "digits" / f"{name}.py"
-  cfg = cli.load_config(f"{path}:root={data},steps={steps},batch=2,workers=0,eval_limit=4")
+  cfg = cli.load_config(f"{path}:root={data},steps={steps},batch=2,workers=0,eval_limit=4"
+                        f"{knobs}")
   cfg.log_every = 1
   return cfg
 
@@ -47,6 +53,50 @@ def short_run() -> dict:
   trainer.train(sft, str(work / "sft"))
   return {"work": work, "data": data, "pretrain": work / "pretrain",
           "pretrain_params": work / "pretrain_params", "sft": work / "sft"}
+
+
+def _train(run: dict, name: str, knobs: str = "") -> pathlib.Path:
+  """2 steps of experiments/digits/<name>.py from the run's SFT export -> WORK/<name>."""
+  from bliperax.train import trainer  # pylint: disable=g-import-not-at-top
+  cfg = config(name, run["data"], 2, knobs)
+  cfg.model.init_from = str(run["sft_params"])
+  trainer.train(cfg, str(run["work"] / name))
+  return run["work"] / name
+
+
+@functools.lru_cache(maxsize=1)
+def short_post_run() -> dict:
+  """short_run() plus: sft_params (its export), pairs (PAIRS/sum preference shards from
+  8 training sums), dpo (a 2-step DPO workdir from sft_params)."""
+  from bliperax.data import records  # pylint: disable=g-import-not-at-top
+  from bliperax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
+  from bliperax.infer import preferences  # pylint: disable=g-import-not-at-top
+  run = dict(short_run())
+  work, data = run["work"], run["data"]
+  run["sft_params"] = work / "sft_params"
+  checkpoints.export(run["sft"], run["sft_params"])
+  params, model_cfg = checkpoints.load(str(run["sft_params"]))
+  # Noised images only (sampling compiles another program; tests/test_make_preferences.py
+  # covers it): the barely trained model's answers all differ from the sums.
+  options = preferences.Options(sampled=0, max_new_tokens=4, batch_size=8, anyres=False)
+  run["pairs"] = work / "pairs"
+  with records.ShardSetWriter(run["pairs"] / "sum", "preference", 1) as writer:
+    tally = preferences.make_preferences(
+        params, model_cfg, tokenizer_lib.Tokenizer(),
+        records.open_shards([str(data / "train" / "sum")]), writer, options, limit=8)
+    writer.commit()
+  run["pairs_tally"] = tally.summary()
+  run["dpo"] = _train(run, "dpo", f",pairs={run['pairs']}")
+  return run
+
+
+@functools.lru_cache(maxsize=1)
+def short_control_run() -> dict:
+  """short_post_run() plus sft_control (2 steps of DPO's control from sft_params)."""
+  run = dict(short_post_run())
+  run["sft_control"] = _train(run, "sft_control")
+  return run
 
 
 @functools.lru_cache(maxsize=1)

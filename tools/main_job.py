@@ -1,6 +1,7 @@
-r"""The main job on one CPU: digits data -> pre-train -> fine-tune -> evaluate -> chat.
+r"""The main job on one CPU: digits data -> pre-train -> fine-tune -> evaluate -> DPO -> chat.
 
-  python tools/main_job.py --workdir=/tmp/digits_run [--pretrain_steps=N] [--sft_steps=N] [--fresh]
+  python tools/main_job.py --workdir=/tmp/digits_run [--pretrain_steps=N] [--sft_steps=N]
+      [--dpo_steps=N] [--pair_chats=N] [--fresh]
 
 Stages (each the real entry point, run as a subprocess so its output streams):
   1. tools/make_digits.py             shard sets under WORKDIR/data
@@ -9,9 +10,19 @@ Stages (each the real entry point, run as a subprocess so its output streams):
   4. python -m bliperax.train         chat fine-tuning      -> WORKDIR/sft
   5. python -m bliperax.evaluate      every task (reading with anyres) -> eval.json
   6. python -m bliperax.evaluate      reading, base crop only          -> eval_base.json
+  7. python -m bliperax.export        the SFT's params -> WORKDIR/sft_params (DPO's init_from)
+  8. tools/make_preferences.py        the SFT model's wrong answers on training sums
+                                      (sampled, and on noised images) -> WORKDIR/preferences
+  9. python -m bliperax.train         DPO with LoRA on those pairs     -> WORKDIR/dpo
+ 10. python -m bliperax.train         the control: SFT chats, same steps, LoRA and lr
+                                                                       -> WORKDIR/sft_control
+ 11. python -m bliperax.evaluate      both, every task -> eval_dpo.json, eval_control.json
+(experiments/digits/dpo.py and sft_control.py say why these settings.)
 Then a few held-out answers next to their true labels, the held-out accuracy during
 fine-tuning (the SFT config's in-training evaluators, WORKDIR/sft/metrics.jsonl), the
-accuracy table, and as the last line a JSON object with accuracies and stage times.
+accuracy table with SFT, DPO and the control side by side (and DPO's gain over the SFT
+per task with its paired standard error), and as the last line a JSON object with
+accuracies and stage times.
 
 Each stage records under WORKDIR/stages/ what it is run with (bliperax/run_record.py:
 code, resolved config, flags, the upstream stage's record) and when it finished. A
@@ -20,6 +31,7 @@ says so, an interrupted one runs again (training continues from its checkpoint),
 a stage recorded with other code, config or flags stops the job with one line saying
 what differs. --fresh removes WORKDIR first.
 """
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -40,8 +52,17 @@ _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Fine-tuning steps (default
                                   lower_bound=1)
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 6000, "Training samples of sum and read.",
                                   lower_bound=1)
+_NUM_HELDOUT = flags.DEFINE_integer(
+    "num_heldout", 1000, "Held-out questions of sum and read (tools/make_digits.py): at "
+    "1000 the standard error of an accuracy near 90% is ~1 point, of DPO's paired "
+    "difference from the SFT less.", lower_bound=1)
 _LIMIT = flags.DEFINE_integer("eval_limit", 0, "Held-out questions per task (0 = all).",
                               lower_bound=0)
+_DPO_STEPS = flags.DEFINE_integer("dpo_steps", None, "DPO steps, and the control's "
+                                  "(default: experiments/digits/dpo.py's).", lower_bound=1)
+_PAIR_CHATS = flags.DEFINE_integer("pair_chats", None, "Training chats per task that "
+                                   "tools/make_preferences.py answers (default: "
+                                   "experiments/digits/dpo.py's).", lower_bound=1)
 _SHOW = flags.DEFINE_integer("show", 4, "Held-out answers to print per task.", lower_bound=0)
 _FRESH = flags.DEFINE_bool("fresh", False, "Remove WORKDIR first and start over. Without "
                            "it a rerun resumes the run in WORKDIR (finished stages are "
@@ -67,6 +88,15 @@ def _train(stage: str, config: str, workdir: pathlib.Path, steps, extra=()) -> N
 def _config(name: str, knobs: str):
   """experiments/digits/<name>.py:knobs, resolved as the trainer resolves --config."""
   return cli.load_config(f"{_ROOT / 'experiments' / 'digits' / name}.py:{knobs}")
+
+
+def _digits_module(name: str):
+  """experiments/digits/<name>.py as a module (its constants: what a stage runs with)."""
+  path = _ROOT / "experiments" / "digits" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"digits_{name}_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def run_stage(work: pathlib.Path, name: str, title: str, record: Dict,
@@ -153,7 +183,7 @@ def main(argv):
 
 
 def _stages(work: pathlib.Path):
-  """Runs (or reuses) the five stages; returns their times and the reused ones."""
+  """Runs (or reuses) the stages; returns their times and the reused ones."""
   data = work / "data"
   times, reused = {}, []
   t_all = time.time()
@@ -170,18 +200,20 @@ def _stages(work: pathlib.Path):
 
   def make_data():
     shutil.rmtree(data, ignore_errors=True)  # an interrupted run's partial shards
-    _run("1/6 make the digits data", [sys.executable, "tools/make_digits.py",
+    _run("1/11 make the digits data", [sys.executable, "tools/make_digits.py",
                                       f"--output={data}", f"--num_sum={_NUM_TRAIN.value}",
-                                      f"--num_read={_NUM_TRAIN.value}"])
-  data_rec = stage("data", "1/6 make the digits data", run_record.make(
+                                      f"--num_read={_NUM_TRAIN.value}",
+                                      f"--num_heldout={_NUM_HELDOUT.value}"])
+  data_rec = stage("data", "1/11 make the digits data", run_record.make(
       extra_code=job + [str(_ROOT / "tools" / "make_digits.py")],
-      make_digits={"num_sum": _NUM_TRAIN.value, "num_read": _NUM_TRAIN.value}),
+      make_digits={"num_sum": _NUM_TRAIN.value, "num_read": _NUM_TRAIN.value,
+                   "num_heldout": _NUM_HELDOUT.value}),
       [data], make_data)
 
   knobs = f"root={data}"
   pre_knobs = knobs + (f",steps={_PRETRAIN_STEPS.value}" if _PRETRAIN_STEPS.value else "")
   sft_knobs = knobs + (f",steps={_SFT_STEPS.value}" if _SFT_STEPS.value else "")
-  pre_title = "2/6 pre-train on captions"
+  pre_title = "2/11 pre-train on captions"
   pre_rec = stage("pretrain", pre_title, run_record.make(
       _config("pretrain", pre_knobs), extra_code=job, data=run_record.digest(data_rec)),
       [work / "pretrain"],
@@ -190,16 +222,16 @@ def _stages(work: pathlib.Path):
 
   init = work / "pretrain_params"
   def export():
-    _run("3/6 export the pre-trained params", [
+    _run("3/11 export the pre-trained params", [
         sys.executable, "-m", "bliperax.export", f"--checkpoint={work / 'pretrain'}",
         f"--output={init}"])
-  export_rec = stage("export", "3/6 export the pre-trained params", run_record.make(
+  export_rec = stage("export", "3/11 export the pre-trained params", run_record.make(
       extra_code=job, pretrain=run_record.digest(pre_rec)), [init], export)
 
   sft_config = f"experiments/digits/sft.py:{sft_knobs}"
   sft_cfg = _config("sft", sft_knobs)
   sft_cfg.model.init_from = str(init)
-  sft_title = "4/6 fine-tune on chats (vqa, sum, read)"
+  sft_title = "4/11 fine-tune on chats (vqa, sum, read)"
   sft_rec = stage("sft", sft_title, run_record.make(
       sft_cfg, extra_code=job, export=run_record.digest(export_rec)), [work / "sft"],
       lambda: _train(sft_title, sft_config, work / "sft", _SFT_STEPS.value,
@@ -208,23 +240,135 @@ def _stages(work: pathlib.Path):
   evaluate = [sys.executable, "-m", "bliperax.evaluate", f"--config={sft_config}",
               f"--checkpoint={work / 'sft'}", f"--limit={_LIMIT.value}"]
   def evaluate_both():
-    _run("5/6 evaluate (held-out, reading with anyres)",
+    _run("5/11 evaluate (held-out, reading with anyres)",
          evaluate + [f"--output={work / 'eval.json'}"])
-    _run("6/6 evaluate reading with the base crop only",
+    _run("6/11 evaluate reading with the base crop only",
          evaluate + ["--tasks=read", "--anyres=off", f"--output={work / 'eval_base.json'}"])
-  stage("evaluate", "5-6/6 evaluate", run_record.make(
+  stage("evaluate", "5-6/11 evaluate", run_record.make(
       sft_cfg, extra_code=job, sft=run_record.digest(sft_rec), limit=_LIMIT.value),
       [work / "eval.json", work / "eval_base.json"], evaluate_both)
+
+  sft_params = work / "sft_params"
+  def export_sft():
+    _run("7/11 export the fine-tuned params", [
+        sys.executable, "-m", "bliperax.export", f"--checkpoint={work / 'sft'}",
+        f"--output={sft_params}"])
+  sft_export_rec = stage("sft_export", "7/11 export the fine-tuned params", run_record.make(
+      extra_code=job, sft=run_record.digest(sft_rec)), [sft_params], export_sft)
+
+  dpo_module = _digits_module("dpo")
+  pairs = work / "preferences"
+  pair_flags = dict(dpo_module.PREFERENCES)
+  if _PAIR_CHATS.value:
+    pair_flags["limit"] = _PAIR_CHATS.value
+  pairs_title = "8/11 preference pairs: the SFT model's wrong answers on training chats"
+  def make_pairs():
+    shutil.rmtree(pairs, ignore_errors=True)  # an interrupted run's shards
+    for task, (_, anyres) in dpo_module.PAIR_TASKS.items():
+      _run(f"{pairs_title} ({task})", [
+          sys.executable, "tools/make_preferences.py", f"--input={data / 'train' / task}",
+          f"--checkpoint={sft_params}", f"--output={pairs / task}",
+          f"--anyres={str(anyres).lower()}", "--progress=false",
+          *(f"--{k}={v}" for k, v in pair_flags.items())])
+  pairs_rec = stage("preferences", pairs_title, run_record.make(
+      extra_code=job + [str(_ROOT / "tools" / "make_preferences.py")],
+      sft_export=run_record.digest(sft_export_rec), tasks=dpo_module.PAIR_TASKS,
+      make_preferences=pair_flags), [pairs], make_pairs)
+
+  steps = f",steps={_DPO_STEPS.value}" if _DPO_STEPS.value else ""
+  runs = {}  # name -> (title, config file, knobs)
+  runs["dpo"] = ("9/11 DPO with LoRA on the preference pairs", "dpo",
+                 f"{knobs},pairs={pairs}{steps}")
+  runs["sft_control"] = ("10/11 the control: SFT continued with DPO's steps, LoRA and lr",
+                         "sft_control", f"{knobs}{steps}")
+  run_recs = {}
+  for name, (title, config, run_knobs) in runs.items():
+    cfg = _config(config, run_knobs)
+    cfg.model.init_from = str(sft_params)
+    upstream = {"sft_export": run_record.digest(sft_export_rec)}
+    if name == "dpo":
+      upstream["preferences"] = run_record.digest(pairs_rec)
+    def train(t=title, c=config, k=run_knobs, n=name):  # this iteration's values
+      _train(t, f"experiments/digits/{c}.py:{k}", work / n, None,
+             [f"--config.model.init_from={sft_params}"])
+    run_recs[name] = stage(name, title, run_record.make(cfg, extra_code=job, **upstream),
+                           [work / name], train)
+
+  def evaluate_runs():
+    for name in runs:
+      _run(f"11/11 evaluate {name} (held-out, as the SFT model)", [
+          sys.executable, "-m", "bliperax.evaluate", f"--config={sft_config}",
+          f"--checkpoint={work / name}", f"--limit={_LIMIT.value}",
+          f"--output={work / f'eval_{name}.json'}"])
+  stage("evaluate_dpo", "11/11 evaluate DPO and the control", run_record.make(
+      sft_cfg, extra_code=job, limit=_LIMIT.value,
+      **{name: run_record.digest(rec) for name, rec in run_recs.items()}),
+      [work / f"eval_{name}.json" for name in runs], evaluate_runs)
   times["total"] = round(time.time() - t_all, 1)
   return times, reused
+
+
+# The post-training runs evaluated beside the SFT model: name -> the table's column.
+POST_RUNS = {"dpo": "DPO", "sft_control": "control"}
+
+
+def paired_difference(base: dict, other: dict) -> tuple:
+  """(other − base accuracy, its standard error), both in points, over the questions
+  both answered (a task's results from bliperax.evaluate, matched by question id).
+
+  Paired: each question's correctness difference d ∈ {−1, 0, 1}; the standard error
+  is std(d) / sqrt(n), much smaller than the unpaired one when both models get most
+  questions right or wrong together.
+  """
+  right = {p["id"]: p["prediction"] == p["answer"] for p in base["predictions"]}
+  d = [float(p["prediction"] == p["answer"]) - float(right[p["id"]])
+       for p in other["predictions"] if p["id"] in right]
+  if not d:
+    raise ValueError("no question answered by both models")
+  n = len(d)
+  mean = sum(d) / n
+  var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+  return 100 * mean, 100 * (var / n) ** 0.5
+
+
+def comparison_table(sft: dict, base_crop: dict, post: Dict[str, dict]) -> tuple:
+  """The table's lines and its JSON: SFT and every post-training run per task.
+
+  `sft`, `post[name]`: {task: bliperax.evaluate result}; `base_crop`: the SFT's
+  reading with the base crop only (a row of its own, SFT only).
+  """
+  names = list(post)
+  lines = [f"{'task':<6} {'crops':<7} {'questions':>9} {'SFT':>7} "
+           + " ".join(f"{POST_RUNS.get(n, n):>11}" for n in names) + "   "
+           + " ".join(f"{POST_RUNS.get(n, n) + ' - SFT (se)':>22}" for n in names)]
+  diffs = {n: {} for n in names}
+  for task, r in sft.items():
+    crops = "anyres" if r["anyres"] else "base"
+    cells = []
+    for n in names:
+      points, se = paired_difference(r, post[n][task])
+      diffs[n][task] = {"points": round(points, 2), "se": round(se, 2)}
+      cells.append(f"{points:>+14.1f} ({se:.1f})")
+    lines.append(f"{task:<6} {crops:<7} {r['total']:>9} {100 * r['accuracy']:>6.1f}% "
+                 + " ".join(f"{100 * post[n][task]['accuracy']:>10.1f}%" for n in names)
+                 + "   " + " ".join(f"{c:>22}" for c in cells))
+  lines.append(f"{'read':<6} {'base':<7} {base_crop['total']:>9} "
+               f"{100 * base_crop['accuracy']:>6.1f}% " + " ".join(f"{'-':>11}" for _ in names))
+  summary = {n: {t: post[n][t]["accuracy"] for t in sft} for n in names}
+  summary["minus_sft"] = diffs
+  summary["questions"] = {t: r["total"] for t, r in sft.items()}
+  return lines, summary
 
 
 def _report(work: pathlib.Path, times: Dict, reused: list) -> None:
   """Held-out answers, generate commands, the accuracy table, the final JSON line."""
   data = work / "data"
 
-  full = json.loads((work / "eval.json").read_text())["tasks"]
-  base = json.loads((work / "eval_base.json").read_text())["tasks"]["read"]
+  def tasks(name):
+    return json.loads((work / name).read_text())["tasks"]
+  full = tasks("eval.json")
+  base = tasks("eval_base.json")["read"]
+  post = {name: tasks(f"eval_{name}.json") for name in POST_RUNS}
   print("\n=== held-out answers (model vs. true label)")
   for task, result in full.items():
     for p in result["predictions"][:_SHOW.value]:
@@ -235,16 +379,16 @@ def _report(work: pathlib.Path, times: Dict, reused: list) -> None:
   for command in _example_commands(data / "heldout", work / "examples", work / "sft", anyres):
     print(f"  {command}")
   curve = _in_training_curve(work / "sft" / "metrics.jsonl", list(full))
-  rows = [(task, "anyres" if r["anyres"] else "base", r) for task, r in full.items()]
-  rows.append(("read", "base", base))
-  print("\n=== accuracy on the held-out split (exact match)")
-  print(f"{'task':<6} {'crops':<7} {'accuracy':>9} {'correct':>8}")
-  for task, crops, r in rows:
-    print(f"{task:<6} {crops:<7} {100 * r['accuracy']:>8.1f}% {r['correct']:>4}/{r['total']}")
+  lines, post_summary = comparison_table(full, base, post)
+  print("\n=== accuracy on the held-out split (exact match): the SFT model, DPO from it, "
+        "and the control\n(SFT continued for DPO's steps); '- SFT (se)': the difference "
+        "in points, its paired standard error")
+  print("\n".join(lines))
   print(f"wall-clock: {times}" + (f" (reused, finished earlier: {', '.join(reused)})"
                                     if reused else ""))
   print(json.dumps({"accuracy": {**{t: r["accuracy"] for t, r in full.items()},
                                  "read_base_crop": base["accuracy"]},
+                    **post_summary,
                     "in_training": curve, "seconds": times, "reused": reused,
                     "workdir": str(work)}))
 

@@ -1,0 +1,92 @@
+r"""Digits, stage 3: DPO with LoRA on the SFT model's own mistakes (preference pairs).
+
+  python -m bliperax.export --checkpoint=/tmp/digits_run/sft --output=/tmp/digits_run/sft_params
+  python tools/make_preferences.py --input=/tmp/digits/train/sum \
+      --checkpoint=/tmp/digits_run/sft_params --output=/tmp/digits_run/preferences/sum \
+      --anyres=false --sampled=2 --temperature=1.0 --noise_level=0.7 --limit=1500 \
+      --max_new_tokens=8 --batch_size=64
+  python -m bliperax.train --config=experiments/digits/dpo.py:root=/tmp/digits,pairs=/tmp/digits_run/preferences \
+      --config.model.init_from=/tmp/digits_run/sft_params --workdir=/tmp/digits_run/dpo
+  python -m bliperax.evaluate --config=experiments/digits/sft.py:root=/tmp/digits \
+      --checkpoint=/tmp/digits_run/dpo
+
+tools/main_job.py runs these after the SFT (with the control of
+experiments/digits/sft_control.py beside it).
+
+The pairs (tools/make_preferences.py on the training chats, never the held-out
+ones): chosen = the chat's answer, rejected = the SFT model's answers that differ
+from it, sampled on the clean images (its own wrong answers) and greedy on noised
+images (the paper's extra rejected responses). Folder PAIRS/<task> per task in
+`PAIR_TASKS` (weight, anyres as the SFT trains that task).
+
+LoRA sits on the frozen SFT model, whose outputs are the DPO reference
+(bliperax/train/dpo_step.py). Everything else (rows, crops, the pipeline, the frozen
+input embedding, the held-out evaluation `cfg.eval`) is the SFT's
+(experiments/digits/sft.py), so the DPO model is evaluated exactly as the SFT model.
+
+Knobs: root=DIR, pairs=DIR (required), steps=N, batch=B (rows: B/2 pair rows),
+workers=N, beta=β, lr=LR, rank=R.
+"""
+import pathlib
+
+import ml_collections
+
+from bliperax import cli
+from bliperax import configs
+
+# task -> (weight, anyres): which preference folders under PAIRS the DPO draws from.
+PAIR_TASKS = {"sum": (1.0, False)}
+# tools/make_preferences.py's flags for each task's pairs (tools/main_job.py passes
+# them). Temperature 1 keeps the sampled answers numbers (at 1.5, 721 of the 1077 wrong
+# ones were junk text such as '1days8', and DPO on those taught the model to stop ending its
+# answers); noise level 0.7 (ᾱ ≈ 0.2) makes the SFT model wrong on ~57% of the noised
+# training sums (at 0.5 on 17%), the bulk of the pairs. 1500 chats: ~930 pairs.
+PREFERENCES = {"sampled": 2, "temperature": 1.0, "noise_level": 0.7, "limit": 1500,
+               "max_new_tokens": 8, "batch_size": 64}
+# 120 steps of 8 pair rows (~24 pairs a step): ~3 epochs of the pairs. lr 2e-4:
+# README "Digits, end to end" lists the settings tried and what each did.
+STEPS = 120
+WARMUP_STEPS = 10
+BETA = 0.1
+LR = 2e-4
+RANK = 8
+
+_SFT = pathlib.Path(__file__).resolve().parent / "sft.py"
+_OWN_KNOBS = ("pairs", "beta", "lr", "rank")
+
+
+def sft_config(arg):
+  """experiments/digits/sft.py with this file's knobs removed and no in-training
+  evaluators: the SFT recipe a continuation of the SFT starts from."""
+  knobs = {k: v for k, v in configs.parse_arg(arg).items() if k not in _OWN_KNOBS}
+  knobs["eval_every"] = "0"
+  return cli.load_config(f"{_SFT}:{','.join(f'{k}={v}' for k, v in knobs.items())}")
+
+
+def with_dpo_budget(c, arg):
+  """Sets on `c` what the DPO run and its control share: the steps, the LoRA
+  adapters and the optimizer (knobs steps, lr, rank)."""
+  knobs = configs.parse_arg(arg)
+  c.total_steps = int(knobs.get("steps", STEPS))
+  c.checkpoint_every = c.total_steps
+  c.optim.update(lr=float(knobs.get("lr", LR)), warmup_steps=WARMUP_STEPS,
+                 final_lr_ratio=0.0, weight_decay=0.0)
+  rank = int(knobs.get("rank", RANK))
+  c.lora.update(enabled=True, rank=rank, alpha=2.0 * rank)
+
+
+def get_config(arg=None):
+  knobs = configs.parse_arg(arg)
+  pairs = knobs.get("pairs")
+  if not pairs:
+    raise ValueError("experiments/digits/dpo.py needs pairs=DIR, the folder of "
+                     "tools/make_preferences.py outputs (DIR/<task> per task: "
+                     f"{', '.join(PAIR_TASKS)})")
+  c = sft_config(arg)
+  with_dpo_budget(c, arg)
+  c.data.seed = 2
+  c.data.sources = ml_collections.ConfigDict({
+      task: dict(paths=f"{pairs.rstrip('/')}/{task}", weight=weight, anyres=anyres)
+      for task, (weight, anyres) in PAIR_TASKS.items()})
+  c.dpo.update(enabled=True, beta=float(knobs.get("beta", BETA)))
+  return c
