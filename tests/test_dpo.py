@@ -116,6 +116,36 @@ def test_loss_and_rewards_match_a_hand_computation(smoothing):
   assert got["rewards/accuracy"] == float(np.sum((reward_c > reward_r)[valid]))
 
 
+def test_rpo_adds_the_chosen_answers_mean_nll():
+  """α > 0: each valid pair's loss gains α · (−log π(y_c)) / |y_c|, whose gradient reaches
+  the chosen sequence's log-probability only; the metrics stay DPO's."""
+  logps = _random_logps(3, 16)
+  valid = np.random.default_rng(4).random(16) < 0.75
+  tokens = np.random.default_rng(5).integers(1, 9, size=16).astype(np.float32)
+  policy, reference = (jnp.asarray(x) for x in _pair_rows(*logps))
+  mask, counts, alpha = jnp.asarray(valid[:, None]), jnp.asarray(tokens[:, None]), 0.7
+  rpo_sums = lambda p: dpo_lib.pair_sums(p, reference, mask, BETA, 0.0, alpha, counts)  # noqa: E731
+  dpo_sums = lambda p: dpo_lib.pair_sums(p, reference, mask, BETA, 0.0)  # noqa: E731
+  rpo, plain = jax.device_get(rpo_sums(policy)), jax.device_get(dpo_sums(policy))
+  pc = logps[0].astype(np.float64)
+  extra = (alpha * -pc / tokens)[valid].sum()
+  # Per pair: the term's product and quotient (γ_3) and the added loss; then a sum of
+  # the valid pairs' terms (γ_n): bounds on |RPO − DPO − extra| from both float32 sums.
+  n = int(valid.sum())
+  tol = (_gamma(3) * np.abs(alpha * pc / tokens)[valid].sum()
+         + 2 * _gamma(n + 1) * (abs(float(plain["loss"])) + abs(extra)))
+  assert abs(float(rpo["loss"]) - float(plain["loss"]) - extra) <= tol
+  assert abs(extra) > 100 * tol  # the test can fail: the term is far outside it
+  for k in dpo_lib.METRICS:
+    assert float(rpo[k]) == float(plain[k]), k
+  grad = np.asarray(jax.grad(lambda p: rpo_sums(p)["loss"] - dpo_sums(p)["loss"])(policy))
+  chosen, rejected = grad[0::2, 0], grad[1::2, 0]
+  np.testing.assert_allclose(chosen[valid], (-alpha / tokens)[valid], rtol=8 * U)
+  assert np.all(chosen[~valid] == 0) and np.all(rejected == 0)
+  with pytest.raises(ValueError, match="token counts"):
+    dpo_lib.pair_sums(policy, reference, mask, BETA, 0.0, alpha)
+
+
 def test_label_smoothing_is_conservative_dpo():
   """ℓ = −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ), finite for any Δ, with gradient
   −β·[(1−ε)·σ(−βΔ) − ε·σ(βΔ)]."""

@@ -13,6 +13,12 @@ pair is the sigmoid DPO loss with conservative label smoothing ε (cDPO):
 
 (ε = 0: plain DPO). The implicit rewards are r_c = β·(log π(y_c) − log π_ref(y_c)) and
 r_r likewise; they are reported, never differentiated.
+
+With α > 0 (`dpo.rpo_alpha`) each pair adds α times the chosen answer's mean
+negative log-likelihood, −log π(y_c) / |y_c| (RPO, Pang et al. 2024, "Iterative
+Reasoning Preference Optimization"): DPO alone may lower the chosen answer's
+probability too, as long as the rejected one's falls faster; the NLL term holds
+the chosen answer up.
 """
 from __future__ import annotations
 
@@ -57,7 +63,8 @@ def chosen_rejected(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def pair_sums(policy: jax.Array, reference: jax.Array, valid: jax.Array, beta: float,
-              label_smoothing: float) -> Dict[str, jax.Array]:
+              label_smoothing: float, rpo_alpha: float = 0.0,
+              chosen_tokens: jax.Array | None = None) -> Dict[str, jax.Array]:
   """Loss and metric sums over the valid pairs of a batch.
 
   Args:
@@ -65,6 +72,10 @@ def pair_sums(policy: jax.Array, reference: jax.Array, valid: jax.Array, beta: f
       (`sequence_sums` of the answer tokens' log-probabilities).
     valid: bool[B/2, S], pairs whose chosen and rejected sequences both have answer
       tokens (padding segments and segment 0 are not pairs).
+    beta, label_smoothing: β and ε of the sigmoid loss.
+    rpo_alpha: α of the chosen answers' NLL term (module docstring); 0: none.
+    chosen_tokens: float32[B/2, S], the chosen answers' token counts (needed when
+      rpo_alpha > 0).
   Returns:
     {"loss": Σ ℓ, and for each name of METRICS its sum over the valid pairs}: divide
     by the batch's pair count for means.
@@ -73,6 +84,10 @@ def pair_sums(policy: jax.Array, reference: jax.Array, valid: jax.Array, beta: f
   ref_c, ref_r = chosen_rejected(jax.lax.stop_gradient(reference))
   delta = (pol_c - ref_c) - (pol_r - ref_r)
   losses = sigmoid_loss(delta, beta, label_smoothing)
+  if rpo_alpha:
+    if chosen_tokens is None:
+      raise ValueError("rpo_alpha needs the chosen answers' token counts")
+    losses = losses + rpo_alpha * (-pol_c / jnp.maximum(chosen_tokens, 1.0))
   reward_c = jax.lax.stop_gradient(beta * (pol_c - ref_c))
   reward_r = jax.lax.stop_gradient(beta * (pol_r - ref_r))
   per_pair = {

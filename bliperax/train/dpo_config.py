@@ -7,6 +7,8 @@ Fields:
   beta: β, the strength of the implicit KL penalty towards the reference model.
   label_smoothing: ε of conservative DPO (cDPO): the pair's label is taken to be
     wrong with probability ε; 0 is plain sigmoid DPO.
+  rpo_alpha: α of RPO's extra term, α times the chosen answer's mean NLL per pair
+    (bliperax/train/dpo.py); 0 (the default) is plain DPO.
 
 The reference model is the frozen SFT model, never a field: with LoRA
 (`cfg.lora.enabled`) it is the frozen base the adapters sit on, otherwise a frozen
@@ -19,7 +21,8 @@ import ml_collections
 
 def defaults() -> ml_collections.ConfigDict:
   """DPO off; when turned on, β 0.1 (the DPO paper's usual value) without smoothing."""
-  return ml_collections.ConfigDict(dict(enabled=False, beta=0.1, label_smoothing=0.0))
+  return ml_collections.ConfigDict(dict(enabled=False, beta=0.1, label_smoothing=0.0,
+                                       rpo_alpha=0.0))
 
 
 def enabled(cfg: ml_collections.ConfigDict) -> bool:
@@ -39,6 +42,8 @@ def check(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"dpo.beta = {dpo.beta}: must be positive")
   if not 0.0 <= float(dpo.get("label_smoothing", 0.0)) < 0.5:
     raise ValueError(f"dpo.label_smoothing = {dpo.label_smoothing}: must be in [0, 0.5)")
+  if float(dpo.get("rpo_alpha", 0.0)) < 0:
+    raise ValueError(f"dpo.rpo_alpha = {dpo.rpo_alpha}: must be at least 0")
   rows = int(cfg.train.global_batch)
   accum = int(cfg.train.get("accum_steps", 1))
   if rows % 2:

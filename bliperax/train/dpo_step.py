@@ -72,10 +72,12 @@ class Dpo:
   """The objective's settings (hashable: a static argument of the jitted step)."""
   beta: float
   label_smoothing: float = 0.0
+  rpo_alpha: float = 0.0
 
   @classmethod
   def from_config(cls, dpo: ml_collections.ConfigDict) -> "Dpo":
-    return cls(beta=float(dpo.beta), label_smoothing=float(dpo.get("label_smoothing", 0.0)))
+    return cls(beta=float(dpo.beta), label_smoothing=float(dpo.get("label_smoothing", 0.0)),
+               rpo_alpha=float(dpo.get("rpo_alpha", 0.0)))
 
 
 def _split_pairs(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
@@ -102,12 +104,19 @@ def _num_segments(batch: Dict[str, jax.Array]) -> int:
   return batch["labels"].shape[1] + 1
 
 
+def answer_tokens(labels: jax.Array, segment_ids: jax.Array,
+                  num_segments: int) -> Tuple[jax.Array, jax.Array]:
+  """float32[B/2, S] twice: the answer tokens of each pair's chosen and rejected
+  sequence. labels, segment_ids: int[B, T]."""
+  counts = dpo_lib.sequence_sums((labels[:, 1:] != batch_spec.IGNORE).astype(jnp.float32),
+                                 segment_ids[:, 1:], num_segments)
+  return dpo_lib.chosen_rejected(counts)
+
+
 def pair_valid(labels: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
   """bool[B/2, S]: segment s of pair row p is a pair (its chosen and its rejected
   sequence both have answer tokens). labels, segment_ids: int[B, T]."""
-  counts = dpo_lib.sequence_sums((labels[:, 1:] != batch_spec.IGNORE).astype(jnp.float32),
-                                 segment_ids[:, 1:], num_segments)
-  chosen, rejected = dpo_lib.chosen_rejected(counts)
+  chosen, rejected = answer_tokens(labels, segment_ids, num_segments)
   return (chosen > 0) & (rejected > 0)
 
 
@@ -186,9 +195,11 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
                                method=XGenMM.encode_images)
     ref = sequence_logps(model, reference, micro, _both_rows(ref_vision),
                          loss_tokens_per_row, num_segments, {})
-    valid = pair_valid(micro["labels"], micro["segment_ids"], num_segments)
+    chosen_tokens, rejected_tokens = answer_tokens(micro["labels"], micro["segment_ids"],
+                                                   num_segments)
+    valid = (chosen_tokens > 0) & (rejected_tokens > 0)
     sums = dpo_lib.pair_sums(policy, jax.lax.stop_gradient(ref), valid, dpo.beta,
-                             dpo.label_smoothing)
+                             dpo.label_smoothing, dpo.rpo_alpha, chosen_tokens)
     return sums["loss"] / denom, {k: sums[k] / denom for k in dpo_lib.METRICS}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
