@@ -51,7 +51,9 @@ def test_every_parameter_has_logical_axes(preset):
   assert scanned and all(l.names[0] == "layers" for l in scanned)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_gqa"])
+# tiny_gqa's scanned stack is also run by the KV-cache test (scan=True); its own
+# comparison is --runslow (the default suite's 15-minute budget on 2 cores).
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("tiny_gqa", marks=pytest.mark.slow)])
 def test_scanned_equals_unrolled(preset):
   cfg = presets.get(preset)
   params = jax.device_get(layout.flatten(xgenmm.init_params(cfg, jax.random.PRNGKey(0))))
@@ -65,8 +67,9 @@ def test_scanned_equals_unrolled(preset):
                              atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("preset,scan", [("tiny", False), ("tiny_gqa", False),
-                                         ("tiny_gqa", True)])
+@pytest.mark.parametrize("preset,scan", [  # GQA unscanned: --runslow (suite budget)
+    ("tiny", False), pytest.param("tiny_gqa", False, marks=pytest.mark.slow),
+    ("tiny_gqa", True)])
 def test_kv_cache_decoding_equals_full_recomputation(preset, scan):
   """Greedy tokens from the cache == argmax of a full forward over prompt + tokens.
 
