@@ -32,7 +32,6 @@ the batch's pairs (`dpo.METRICS`), with `pairs` their count.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -172,17 +171,11 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
 
   weights = state.params if lora is None else state.adapters
   reference = {"params": state.reference if lora is None else state.params}
-  dropout = lora is not None and lora.dropout > 0
   share_reference_vision = lora is not None and not _adapters_outside_lm(lora)
 
   def loss_fn(weights, micro, rng=None):
     crops, group_index, group_mask = _pair_images(micro)
-    if lora is None:
-      variables, context, rngs = {"params": weights}, contextlib.nullcontext(), {}
-    else:
-      variables = {"params": lora.params(state.params, weights)}
-      context = lora.intercept(train=True)
-      rngs = {"rngs": {"dropout": rng}} if dropout else {}
+    variables, context, rngs = step_lib.policy_variables(state, weights, lora, rng)
     with context:
       vision = model.apply(variables, crops, group_index, group_mask,
                            method=XGenMM.encode_images, **rngs)  # [b/2, G, L, D]
@@ -202,28 +195,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
                              dpo.label_smoothing, dpo.rpo_alpha, chosen_tokens)
     return sums["loss"] / denom, {k: sums[k] / denom for k in dpo_lib.METRICS}
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  step_key = (jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step)
-              if dropout else None)
-  if accum_steps == 1:
-    (loss, aux), grads = grad_fn(weights, batch, step_key)
-  else:
-    def body(carry, xs):
-      if step_key is None:
-        micro, rng = xs, None
-      else:  # micro-batch j draws its dropout from the step's key and j
-        micro, rng = xs[0], jax.random.fold_in(step_key, xs[1])
-      loss_acc, aux_acc, grad_acc = carry
-      (loss, aux), grads = grad_fn(weights, micro, rng)
-      return (loss_acc + loss, jax.tree.map(jnp.add, aux_acc, aux),
-              jax.tree.map(jnp.add, grad_acc, grads)), None
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), weights)
-    init = (jnp.zeros((), jnp.float32),
-            {k: jnp.zeros((), jnp.float32) for k in dpo_lib.METRICS}, zeros)
-    micros = _split_pairs(batch, accum_steps)
-    if step_key is not None:
-      micros = (micros, jnp.arange(accum_steps))
-    (loss, aux, grads), _ = jax.lax.scan(body, init, micros)
+  (loss, aux), grads = step_lib.summed_over_micro_batches(
+      jax.value_and_grad(loss_fn, has_aux=True), weights, batch, accum_steps,
+      _split_pairs, step_lib.dropout_key(lora, dropout_seed, state.step),
+      aux_names=dpo_lib.METRICS)
   return step_lib.apply_update(state, weights, grads, tx=tx, lr_schedule=lr_schedule,
                                trainable=trainable, lora=lora,
                                metrics={"loss": loss, "loss_tokens": count,

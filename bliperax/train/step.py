@@ -85,6 +85,59 @@ def _split_micro(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
   return jax.tree.map(split, batch)
 
 
+def policy_variables(state: Any, weights: Any, lora: Optional[Lora],
+                     rng: Optional[jax.Array]) -> Tuple[Dict[str, Any], Any, Dict[str, Any]]:
+  """What a loss applies the trained model with: (variables, context, apply kwargs).
+
+  `weights` is the tree being differentiated (the params, or with LoRA the adapters on
+  `state.params`, applied under the adapters' intercept); `rng` is the micro-batch's
+  dropout key, None when the adapters have no dropout.
+  """
+  if lora is None:
+    return {"params": weights}, contextlib.nullcontext(), {}
+  rngs = {} if rng is None else {"rngs": {"dropout": rng}}
+  return {"params": lora.params(state.params, weights)}, lora.intercept(train=True), rngs
+
+
+def dropout_key(lora: Optional[Lora], seed: int, step: jax.Array) -> Optional[jax.Array]:
+  """The step's adapter-dropout key (`seed` folded with the step, so a resumed run draws
+  the same masks); None without LoRA dropout."""
+  if lora is None or not lora.dropout > 0:
+    return None
+  return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+
+
+def summed_over_micro_batches(grad_fn: Callable[..., Any], weights: Any, batch: Any,
+                              accum_steps: int, split: Callable[[Any, int], Any],
+                              step_key: Optional[jax.Array],
+                              aux_names: Tuple[str, ...] = ()) -> Any:
+  """`grad_fn(weights, micro, rng) -> ((loss, aux), grads)` summed over the batch's
+  `accum_steps` micro-batches (`split(batch, k)` -> [k, ...]) in one scan; micro-batch
+  j draws its dropout from `step_key` folded with j. `aux` is a dict of float32
+  scalars named `aux_names`. Everything adds up in float32."""
+  if accum_steps == 1:
+    return grad_fn(weights, batch, step_key)
+  micros = split(batch, accum_steps)
+
+  def body(carry, xs):
+    if step_key is None:
+      micro, rng = xs, None
+    else:
+      micro, rng = xs[0], jax.random.fold_in(step_key, xs[1])
+    (loss, aux), grads = grad_fn(weights, micro, rng)
+    (loss_acc, aux_acc), grad_acc = carry
+    return ((loss_acc + loss, jax.tree.map(jnp.add, aux_acc, aux)),
+            jax.tree.map(jnp.add, grad_acc, grads)), None
+
+  scalar = jnp.zeros((), jnp.float32)
+  init = ((scalar, {name: scalar for name in aux_names}),
+          jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), weights))
+  if step_key is not None:
+    micros = (micros, jnp.arange(accum_steps))
+  summed, _ = jax.lax.scan(body, init, micros)
+  return summed
+
+
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
                tx: optax.GradientTransformation, accum_steps: int,
                lr_schedule: Callable[[jax.Array], jax.Array],
@@ -106,16 +159,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
 
   # The tree being trained: all parameters, or (LoRA) the adapters on a frozen base.
   weights = state.params if lora is None else state.adapters
-  dropout = lora is not None and lora.dropout > 0
 
   def loss_fn(weights, micro, rng=None):
     inputs = batch_spec.model_inputs(micro)
-    if lora is None:
-      variables, context, rngs = {"params": weights}, contextlib.nullcontext(), {}
-    else:
-      variables = {"params": lora.params(state.params, weights)}
-      context = lora.intercept(train=True)
-      rngs = {"rngs": {"dropout": rng}} if dropout else {}
+    variables, context, rngs = policy_variables(state, weights, lora, rng)
     with context:
       hidden = model.apply(variables, **inputs, method=XGenMM.features, **rngs)
       if loss_tokens_per_row:
@@ -125,28 +172,11 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model: XGenMM,
         hidden, targets = hidden[:, :-1], micro["labels"][:, 1:]  # t predicts label t+1
       base, added = model.apply(variables, hidden, method=XGenMM.logit_parts)
     nll = losses.decoupled_nll(base, added, targets, model.config.text.base_vocab)
-    return jnp.sum(nll) / denom
+    return jnp.sum(nll) / denom, {}
 
-  grad_fn = jax.value_and_grad(loss_fn)
-  step_key = (jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step)
-              if dropout else None)
-  if accum_steps == 1:
-    loss, grads = grad_fn(weights, batch, step_key)
-  else:
-    def body(carry, xs):
-      if step_key is None:
-        micro, rng = xs, None
-      else:  # micro-batch j draws its dropout from the step's key and j
-        micro, rng = xs[0], jax.random.fold_in(step_key, xs[1])
-      loss_acc, grad_acc = carry
-      loss, grads = grad_fn(weights, micro, rng)
-      return (loss_acc + loss, jax.tree.map(jnp.add, grad_acc, grads)), None
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), weights)
-    init = (jnp.zeros((), jnp.float32), zeros)
-    micros = _split_micro(batch, accum_steps)
-    if step_key is not None:
-      micros = (micros, jnp.arange(accum_steps))
-    (loss, grads), _ = jax.lax.scan(body, init, micros)
+  (loss, _), grads = summed_over_micro_batches(
+      jax.value_and_grad(loss_fn, has_aux=True), weights, batch, accum_steps,
+      _split_micro, dropout_key(lora, dropout_seed, state.step))
   return apply_update(state, weights, grads, tx=tx, lr_schedule=lr_schedule,
                       trainable=trainable, lora=lora,
                       metrics={"loss": loss, "loss_tokens": count,
