@@ -25,13 +25,12 @@ import os
 import pathlib
 import signal
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from test_train import (OVERRIDES as TRAIN_OVERRIDES, ROOT, TIMEOUT_S, Proc, _checkpoints,
-                        _env, _free_port, _load_state, _metrics)
+from test_train import (OVERRIDES as TRAIN_OVERRIDES, ROOT, Proc, _checkpoints, _env,
+                        _free_port, _load_state, _metrics, wait_for_all)
 
 # 8 steps, checkpoints at 3 and 6 (and the last): a preemption agreed while step 3's
 # save is held open lands before step 6's save (which waits for it), so before the end.
@@ -72,16 +71,7 @@ class _Pod:
         for i in range(2)]
 
   def wait(self) -> List[int]:
-    """Both exit codes; a process whose peer died waits in a collective: stop both then."""
-    deadline = time.time() + TIMEOUT_S
-    while any(p.popen.poll() is None for p in self.procs) and time.time() < deadline:
-      if any(p.popen.poll() not in (None, 0) for p in self.procs):
-        break
-      time.sleep(0.2)
-    for p in self.procs:
-      if p.popen.poll() is None:
-        p.popen.kill()
-    return [p.wait() for p in self.procs]
+    return wait_for_all(self.procs)
 
   def tails(self) -> str:
     return "\n".join(p.tail() for p in self.procs)

@@ -279,18 +279,23 @@ class _TwoProcessRun:
                        _env(4, cache), tmp / f"process{i}.txt") for i in range(2)]
 
   def result(self) -> pathlib.Path:
-    # A process whose peer died waits for it in a collective: stop both on a failure.
-    deadline = time.time() + TIMEOUT_S
-    while any(p.popen.poll() is None for p in self.procs) and time.time() < deadline:
-      if any(p.popen.poll() not in (None, 0) for p in self.procs):
-        break
-      time.sleep(0.2)
-    for p in self.procs:
-      if p.popen.poll() is None:
-        p.popen.kill()
-    codes = [p.wait() for p in self.procs]
+    codes = wait_for_all(self.procs)
     assert codes == [0, 0], f"exit codes {codes}\n" + "\n".join(p.tail() for p in self.procs)
     return self.workdir
+
+
+def wait_for_all(procs) -> list:
+  """The processes' exit codes. A process whose peer died waits for it in a collective:
+  on the first failure (or at the timeout) the others are stopped."""
+  deadline = time.time() + TIMEOUT_S
+  while any(p.popen.poll() is None for p in procs) and time.time() < deadline:
+    if any(p.popen.poll() not in (None, 0) for p in procs):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    if p.popen.poll() is None:
+      p.popen.kill()
+  return [p.wait() for p in procs]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -85,6 +85,12 @@ def _train(stage: str, config: str, workdir: pathlib.Path, steps, extra=()) -> N
   _run(f"{stage}", argv)
 
 
+def _export(title: str, checkpoint: pathlib.Path, output: pathlib.Path) -> None:
+  """A training workdir's parameters -> a parameter checkpoint (the next stage's init)."""
+  _run(title, [sys.executable, "-m", "bliperax.export", f"--checkpoint={checkpoint}",
+               f"--output={output}"])
+
+
 def _config(name: str, knobs: str):
   """experiments/digits/<name>.py:knobs, resolved as the trainer resolves --config."""
   return cli.load_config(f"{_ROOT / 'experiments' / 'digits' / name}.py:{knobs}")
@@ -221,12 +227,10 @@ def _stages(work: pathlib.Path):
                      work / "pretrain", _PRETRAIN_STEPS.value))
 
   init = work / "pretrain_params"
-  def export():
-    _run("3/11 export the pre-trained params", [
-        sys.executable, "-m", "bliperax.export", f"--checkpoint={work / 'pretrain'}",
-        f"--output={init}"])
-  export_rec = stage("export", "3/11 export the pre-trained params", run_record.make(
-      extra_code=job, pretrain=run_record.digest(pre_rec)), [init], export)
+  export_title = "3/11 export the pre-trained params"
+  export_rec = stage("export", export_title, run_record.make(
+      extra_code=job, pretrain=run_record.digest(pre_rec)), [init],
+      lambda: _export(export_title, work / "pretrain", init))
 
   sft_config = f"experiments/digits/sft.py:{sft_knobs}"
   sft_cfg = _config("sft", sft_knobs)
@@ -249,12 +253,10 @@ def _stages(work: pathlib.Path):
       [work / "eval.json", work / "eval_base.json"], evaluate_both)
 
   sft_params = work / "sft_params"
-  def export_sft():
-    _run("7/11 export the fine-tuned params", [
-        sys.executable, "-m", "bliperax.export", f"--checkpoint={work / 'sft'}",
-        f"--output={sft_params}"])
-  sft_export_rec = stage("sft_export", "7/11 export the fine-tuned params", run_record.make(
-      extra_code=job, sft=run_record.digest(sft_rec)), [sft_params], export_sft)
+  sft_export_title = "7/11 export the fine-tuned params"
+  sft_export_rec = stage("sft_export", sft_export_title, run_record.make(
+      extra_code=job, sft=run_record.digest(sft_rec)), [sft_params],
+      lambda: _export(sft_export_title, work / "sft", sft_params))
 
   dpo_module = _digits_module("dpo")
   pairs = work / "preferences"
