@@ -131,6 +131,7 @@ def test_bfloat16_inference_keeps_weights_and_cache_in_bfloat16(trained, images)
   assert out.shape == (1, 4) and ((out >= 0) & (out < 32015)).all()
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_batched_bucketed_answers_equal_one_by_one(trained, images):
   """evaluate.answer in sorted, bucketed batches (a short last batch filled up) gives
   each prompt the answer it gets alone, in the order given."""

@@ -124,6 +124,7 @@ def test_gathered_loss_equals_the_full_loss_when_the_cap_holds_every_token(setup
     assert np.all(np.abs(c - g) <= 1e-5 * largest + 2 * ulp), jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget on 2 cores
 def test_a_small_cap_counts_what_it_drops(setup):
   run, counts = setup
   cap = 3
