@@ -42,7 +42,7 @@ def short_run() -> dict:
   atexit.register(shutil.rmtree, work, ignore_errors=True)
   data = work / "data"
   digits.write_dataset(data, num_sum=16, num_read=16, num_heldout=6, num_shards=1,
-                        caption_copies=1)
+                        caption_copies=1, num_moved=8)
   trainer.train(config("pretrain", data, 2), str(work / "pretrain"))
   checkpoints.export(work / "pretrain", work / "pretrain_params")
   sft = config("sft", data, 3)
@@ -67,7 +67,7 @@ def _train(run: dict, name: str, knobs: str = "") -> pathlib.Path:
 @functools.lru_cache(maxsize=1)
 def short_post_run() -> dict:
   """short_run() plus: sft_params (its export), pairs (PAIRS/sum preference shards from
-  8 training sums), dpo (a 2-step DPO workdir from sft_params)."""
+  the 8 moved training sums, DPO's prompts), dpo (a 2-step DPO workdir from sft_params)."""
   from bliperax.data import records  # pylint: disable=g-import-not-at-top
   from bliperax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from bliperax.infer import checkpoints  # pylint: disable=g-import-not-at-top
@@ -84,7 +84,7 @@ def short_post_run() -> dict:
   with records.ShardSetWriter(run["pairs"] / "sum", "preference", 1) as writer:
     tally = preferences.make_preferences(
         params, model_cfg, tokenizer_lib.Tokenizer(),
-        records.open_shards([str(data / "train" / "sum")]), writer, options, limit=8)
+        records.open_shards([str(data / "train" / "sum_moved")]), writer, options, limit=8)
     writer.commit()
   run["pairs_tally"] = tally.summary()
   run["dpo"] = _train(run, "dpo", f",pairs={run['pairs']}")

@@ -11,10 +11,12 @@ Stages (each the real entry point, run as a subprocess so its output streams):
   5. python -m bliperax.evaluate      every task (reading with anyres) -> eval.json
   6. python -m bliperax.evaluate      reading, base crop only          -> eval_base.json
   7. python -m bliperax.export        the SFT's params -> WORKDIR/sft_params (DPO's init_from)
-  8. tools/make_preferences.py        the SFT model's wrong answers on training sums
-                                      (sampled, and on noised images) -> WORKDIR/preferences
+  8. tools/make_preferences.py        the SFT model's wrong answers on training sums of
+                                      moved digits (sampled, and on noised images)
+                                                                       -> WORKDIR/preferences
   9. python -m bliperax.train         DPO with LoRA on those pairs     -> WORKDIR/dpo
- 10. python -m bliperax.train         the control: SFT chats, same steps, LoRA and lr
+ 10. python -m bliperax.train         the control: SFT chats and DPO's prompts with
+                                      their answers; same steps, LoRA and lr
                                                                        -> WORKDIR/sft_control
  11. python -m bliperax.evaluate      both, every task -> eval_dpo.json, eval_control.json
 (experiments/digits/dpo.py and sft_control.py say why these settings.)
@@ -60,7 +62,7 @@ _LIMIT = flags.DEFINE_integer("eval_limit", 0, "Held-out questions per task (0 =
                               lower_bound=0)
 _DPO_STEPS = flags.DEFINE_integer("dpo_steps", None, "DPO steps, and the control's "
                                   "(default: experiments/digits/dpo.py's).", lower_bound=1)
-_PAIR_CHATS = flags.DEFINE_integer("pair_chats", None, "Training chats per task that "
+_PAIR_CHATS = flags.DEFINE_integer("pair_chats", None, "Prompt chats per pair source that "
                                    "tools/make_preferences.py answers (default: "
                                    "experiments/digits/dpo.py's).", lower_bound=1)
 _SHOW = flags.DEFINE_integer("show", 4, "Held-out answers to print per task.", lower_bound=0)
@@ -263,25 +265,26 @@ def _stages(work: pathlib.Path):
   pair_flags = dict(dpo_module.PREFERENCES)
   if _PAIR_CHATS.value:
     pair_flags["limit"] = _PAIR_CHATS.value
-  pairs_title = "8/11 preference pairs: the SFT model's wrong answers on training chats"
+  pairs_title = "8/11 preference pairs: the SFT model's wrong answers on moved training digits"
   def make_pairs():
     shutil.rmtree(pairs, ignore_errors=True)  # an interrupted run's shards
-    for task, (_, anyres) in dpo_module.PAIR_TASKS.items():
-      _run(f"{pairs_title} ({task})", [
-          sys.executable, "tools/make_preferences.py", f"--input={data / 'train' / task}",
-          f"--checkpoint={sft_params}", f"--output={pairs / task}",
+    for name, (prompts, _, anyres) in dpo_module.PAIR_SOURCES.items():
+      _run(f"{pairs_title} ({name})", [
+          sys.executable, "tools/make_preferences.py", f"--input={data / 'train' / prompts}",
+          f"--checkpoint={sft_params}", f"--output={pairs / name}",
           f"--anyres={str(anyres).lower()}", "--progress=false",
           *(f"--{k}={v}" for k, v in pair_flags.items())])
   pairs_rec = stage("preferences", pairs_title, run_record.make(
       extra_code=job + [str(_ROOT / "tools" / "make_preferences.py")],
-      sft_export=run_record.digest(sft_export_rec), tasks=dpo_module.PAIR_TASKS,
+      sft_export=run_record.digest(sft_export_rec), sources=dpo_module.PAIR_SOURCES,
       make_preferences=pair_flags), [pairs], make_pairs)
 
   steps = f",steps={_DPO_STEPS.value}" if _DPO_STEPS.value else ""
   runs = {}  # name -> (title, config file, knobs)
   runs["dpo"] = ("9/11 DPO with LoRA on the preference pairs", "dpo",
                  f"{knobs},pairs={pairs}{steps}")
-  runs["sft_control"] = ("10/11 the control: SFT continued with DPO's steps, LoRA and lr",
+  runs["sft_control"] = ("10/11 the control: SFT continued on its chats and DPO's prompts, "
+                         "with DPO's steps, LoRA and lr",
                          "sft_control", f"{knobs}{steps}")
   run_recs = {}
   for name, (title, config, run_knobs) in runs.items():
@@ -383,8 +386,8 @@ def _report(work: pathlib.Path, times: Dict, reused: list) -> None:
   curve = _in_training_curve(work / "sft" / "metrics.jsonl", list(full))
   lines, post_summary = comparison_table(full, base, post)
   print("\n=== accuracy on the held-out split (exact match): the SFT model, DPO from it, "
-        "and the control\n(SFT continued for DPO's steps); '- SFT (se)': the difference "
-        "in points, its paired standard error")
+        "and the control\n(SFT continued on its chats and DPO's prompts for DPO's steps); "
+        "'- SFT (se)': the difference in points, its paired standard error")
   print("\n".join(lines))
   print(f"wall-clock: {times}" + (f" (reused, finished earlier: {', '.join(reused)})"
                                     if reused else ""))

@@ -19,6 +19,9 @@ _NUM_HELDOUT = flags.DEFINE_integer("num_heldout", 200,
 _CAPTION_COPIES = flags.DEFINE_integer("caption_copies", 4,
                                        "Jittered copies of each training digit among the "
                                        "captions (besides the digit as is).")
+_NUM_MOVED = flags.DEFINE_integer("num_moved", 3000,
+                                  "Training sums of moved/turned digits (train/sum_moved: "
+                                  "the digits DPO's preference prompts).")
 _SEED = flags.DEFINE_integer("seed", 0, "Split and sampling seed.")
 flags.mark_flag_as_required("output")
 
@@ -29,7 +32,8 @@ def main(argv):
   from bliperax.data import digits  # after flags: keeps --help fast
   summary = digits.write_dataset(_OUTPUT.value, num_sum=_NUM_SUM.value,
                                  num_read=_NUM_READ.value, num_heldout=_NUM_HELDOUT.value,
-                                 caption_copies=_CAPTION_COPIES.value, seed=_SEED.value)
+                                 caption_copies=_CAPTION_COPIES.value, seed=_SEED.value,
+                                 num_moved=_NUM_MOVED.value)
   print(json.dumps(summary))
   return 0
 
