@@ -26,8 +26,9 @@ Tasks (shard sets, one folder each):
 * `sum_moved` (train only; the SFT does not read it): sums like `sum` whose digits
   are each slightly moved, turned and scaled (`jitter`). The digits DPO
   (experiments/digits/dpo.py) takes its prompts from here: the SFT model answers
-  ~23% of them wrong greedily (695 of 3000), mostly by misreading a digit, as on
-  unseen handwriting, where the plain training sums give it few mistakes to learn from.
+  ~23% of them wrong greedily (695 of 3,000 in one draw), mostly by misreading a
+  digit, as on unseen handwriting, where the plain training sums give it few
+  mistakes to learn from.
 
 Layout written by `write_dataset(out)`:
   out/train/{caption,vqa,sum,read,sum_moved}/*.array_record
