@@ -17,9 +17,22 @@ the same function as `python -m bliperax.generate`. For each batch size:
                     the one-token call)
   init_s            drawing the random parameters (jitted init)
 
+and, since decoding at batch 1 reads every language-model weight once per token (the
+input embedding only one row of it), what this machine's memory allows:
+
+  decode_weight_mb  megabytes a decoded token reads: the `lm/` parameters less the
+                    input-embedding tables (`decode_weight_bytes`)
+  read_gb_per_s     a jitted float32 matrix-vector product [1, 512] x [512, N] over
+                    the same number of bytes, best of 20: memory read speed as XLA's
+                    own product kernel reaches it here
+  bound_tokens_per_s  read_gb_per_s / decode_weight_mb: tokens/s at batch 1 if
+                    decoding did nothing but read the weights once
+  fraction_of_bound   device_loop_tokens_per_s / bound_tokens_per_s (batch 1)
+
 Compare runs on the same machine only.
 """
 import json
+import math
 import os
 import time
 
@@ -36,6 +49,35 @@ _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "float32 on CPU), as python -m bliperax.generate --dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Warm calls; the fastest is reported.",
                                 lower_bound=1)
+
+
+def decode_weight_bytes(params) -> int:
+  """Bytes of the parameters one decoded token reads: every `lm/` array except the
+  input-embedding tables (`lm/embed/`), of which a token gathers one row."""
+  import jax  # pylint: disable=g-import-not-at-top
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    if names[0] == "lm" and names[1] != "embed":
+      total += math.prod(leaf.shape) * leaf.dtype.itemsize
+  return total
+
+
+def read_gb_per_s(num_bytes: int, repeats: int = 20) -> float:
+  """GB/s of a jitted float32 [1, 512] x [512, N] product over `num_bytes` of matrix."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  columns = max(1, num_bytes // (4 * 512))
+  matrix = jnp.ones((512, columns), jnp.float32)
+  vector = jnp.ones((1, 512), jnp.float32)
+  product = jax.jit(lambda v, m: v @ m)
+  product(vector, matrix).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    product(vector, matrix).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return matrix.size * 4 / best / 1e9
 
 
 def _prompt(cfg, batch: int, prompt_tokens: int):
@@ -71,6 +113,9 @@ def main(argv):
   params, cfg = checkpoints.for_inference(params, cfg, dtype)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
+  weight_bytes = decode_weight_bytes(params)
+  bandwidth = read_gb_per_s(weight_bytes)
+  bound = bandwidth * 1e9 / weight_bytes
   new = _NEW.value
   for batch in (int(b) for b in _BATCH_SIZES.value):
     prompt = _prompt(cfg, batch, _PROMPT.value)
@@ -114,6 +159,10 @@ def main(argv):
         decode_ms_per_token=round(1000 * decode / (new - 1), 2),
         device_loop_tokens_per_s=round((new - 1) / (loop_s - ttft), 1)
         if loop_s > ttft else None,
+        decode_weight_mb=round(weight_bytes / 1e6, 1),
+        read_gb_per_s=round(bandwidth, 1), bound_tokens_per_s=round(bound, 1),
+        fraction_of_bound=round((new - 1) / (loop_s - ttft) / bound, 3)
+        if batch == 1 and loop_s > ttft else None,
         backend=jax.default_backend(), cpus=os.cpu_count(),
         malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         load_avg_1m=round(os.getloadavg()[0], 1))), flush=True)
