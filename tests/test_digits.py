@@ -233,8 +233,10 @@ def test_dpo_starts_at_the_sft_model_and_trains_only_adapters():
   assert first["rewards/margin"] == pytest.approx(0.0, abs=2e-5 * beta)
   assert first["loss"] == pytest.approx(math.log(2.0), abs=1e-5 * beta + 1e-6)
   changed = _changed_params(run, "dpo")
-  # After 2 steps the adapters have moved, and nothing else has.
+  # After 2 steps the adapters have moved, and nothing else has; the resampler's
+  # attention output is among them (every linear layer is a target).
   assert _only_lora_targets(changed, run), sorted(changed)[:5]
+  assert any(k.startswith("resampler/") and "/to_out/" in k for k in changed), sorted(changed)
 
 
 @pytest.mark.slow
