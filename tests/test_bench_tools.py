@@ -49,19 +49,25 @@ def test_bench_generate_reports_decoding_against_the_weight_read_bound():
   from bliperax.models import presets  # pylint: disable=g-import-not-at-top
   proc = subprocess.run(
       [sys.executable, "tools/bench_generate.py", "--preset=tiny", "--batch_sizes=1",
-       "--new_tokens=2", "--repeats=1", "--prompt_tokens=4"],
+       "--new_tokens=8", "--repeats=1", "--prompt_tokens=4"],
       cwd=ROOT, capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert (r["preset"], r["batch"], r["new_tokens"]) == ("tiny", 1, 2)
+  assert (r["preset"], r["batch"], r["new_tokens"]) == ("tiny", 1, 8)
   # The vision tower, the resampler and the input embedding are not read per token.
   assert r["decode_weight_mb"] == round(_decode_weight_bytes(presets.get("tiny").text) / 1e6, 1)
-  assert r["read_gb_per_s"] > 0 and r["device_loop_tokens_per_s"] > 0
+  assert r["read_gb_per_s"] > 0
   # bound = bandwidth / bytes, fraction = rate / bound, each up to the JSON's rounding
   # (0.05 on every printed figure).
   bound = r["read_gb_per_s"] * 1e3 / r["decode_weight_mb"]
   slack = 0.05 / r["read_gb_per_s"] + 0.05 / r["decode_weight_mb"]
   assert abs(r["bound_tokens_per_s"] - bound) <= bound * slack + 0.05
-  fraction = r["device_loop_tokens_per_s"] / r["bound_tokens_per_s"]
-  assert abs(r["fraction_of_bound"] - fraction) <= fraction * (
-      0.05 / r["device_loop_tokens_per_s"] + 0.05 / r["bound_tokens_per_s"]) + 5e-4
+  # The device-loop rate is a difference of two timed calls, None when load on the
+  # host made the longer call no slower (a tiny model decodes 7 tokens in ~1 ms);
+  # the fraction is None with it.
+  if r["device_loop_tokens_per_s"] is None:
+    assert r["fraction_of_bound"] is None
+  else:
+    fraction = r["device_loop_tokens_per_s"] / r["bound_tokens_per_s"]
+    assert abs(r["fraction_of_bound"] - fraction) <= fraction * (
+        0.05 / r["device_loop_tokens_per_s"] + 0.05 / r["bound_tokens_per_s"]) + 5e-4
