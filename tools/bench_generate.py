@@ -54,13 +54,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Warm calls; the fastest is report
 def decode_weight_bytes(params) -> int:
   """Bytes of the parameters one decoded token reads: every `lm/` array except the
   input-embedding tables (`lm/embed/`), of which a token gathers one row."""
-  import jax  # pylint: disable=g-import-not-at-top
-  total = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-    if names[0] == "lm" and names[1] != "embed":
-      total += math.prod(leaf.shape) * leaf.dtype.itemsize
-  return total
+  from bliperax.convert import layout  # pylint: disable=g-import-not-at-top
+  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize
+             for path, leaf in layout.flatten(params).items()
+             if path.startswith("lm/") and not path.startswith("lm/embed/"))
 
 
 def read_gb_per_s(num_bytes: int, repeats: int = 20) -> float:
