@@ -29,9 +29,10 @@ LoRA sits on the frozen SFT model, whose outputs are the DPO reference
 (`LORA_TARGETS`): the held-out errors are misread digits, and adapters on the LM
 alone never gained more than +0.5 points on held-out sums and lost up to 72 (README
 table). β 1 (not 0.1): with these adapters and moved-digit pairs at lr 2e-4, β 0.1
-gave 86.1% held-out sums and β 1 90.2% (the SFT model: 88.4%). Everything else (rows, crops, the pipeline, the frozen input
-embedding, the held-out evaluation `cfg.eval`) is the SFT's
-(experiments/digits/sft.py), so the DPO model is evaluated exactly as the SFT model.
+gave 86.1% held-out sums and β 1 90.2% (the SFT model: 88.4%). Everything else
+(rows, crops, the pipeline, the frozen input embedding, the held-out evaluation
+`cfg.eval`) is the SFT's (experiments/digits/sft.py), so the DPO model is evaluated
+exactly as the SFT model.
 
 Knobs: root=DIR, pairs=DIR (required), steps=N, batch=B (rows: B/2 pair rows),
 workers=N, beta=β, lr=LR, rank=R.
