@@ -8,7 +8,9 @@ of the wrong type, a config file that does not load, a flag out of its bounds.
 Importing this module also pins JAX to the CPU on a host without any accelerator
 device (`pin_cpu_where_no_accelerator`), so every entry point imports it before jax,
 keeps freed host memory mapped (`bliperax.host_memory`: XLA's per-step CPU
-temporaries are not page-faulted in again every step), and turns on JAX's persistent
+temporaries are not page-faulted in again every step), collects Python garbage less
+often (`bliperax.python_gc`: tracing a model allocates millions of short-lived
+objects), and turns on JAX's persistent
 compilation cache (`use_compilation_cache`), so the second run of a config compiles
 nothing.
 """
@@ -24,6 +26,7 @@ from typing import Callable, List, MutableMapping, Optional, Sequence
 from absl import app, flags
 
 from bliperax import host_memory
+from bliperax import python_gc
 
 USAGE_ERROR = 1  # the exit status of a refused command line, as absl's own flag errors
 # Device files of the accelerators JAX runs on: TPU (accel or VFIO), NVIDIA, AMD.
@@ -63,6 +66,7 @@ def use_compilation_cache(environ: MutableMapping[str, str] = os.environ) -> Opt
 
 pin_cpu_where_no_accelerator()
 host_memory.keep_freed_memory()
+python_gc.collect_less_often()
 use_compilation_cache()
 
 

@@ -20,6 +20,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # write into the user's cache.
 os.environ.setdefault("BLIPERAX_COMPILATION_CACHE", "0")
 
+# As every entry point (bliperax.cli): tracing allocates millions of short-lived
+# objects, and CPython's default collector thresholds rescan them constantly.
+from bliperax import python_gc  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+python_gc.collect_less_often()
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN = SHARED / "golden" / "xgenmm_tiny_a"

@@ -1,0 +1,96 @@
+"""Start-up work the process does once: the model's init traced once per setup, and
+the Python collector's thresholds (bliperax/python_gc.py)."""
+import gc
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bliperax import cli
+from bliperax import python_gc
+from bliperax import sharding
+from bliperax.models import xgenmm
+from bliperax.train import setup as setup_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind", ["sft", "lora", "dpo"])
+def test_the_models_init_is_traced_once_for_build_and_init(monkeypatch, kind):
+  """Build (optimizer tree, state shapes) and init_state (its lowering and run) trace
+  the model's init once between them, for every kind of state; the state's parameters
+  are the ones the model's own init draws."""
+  traces = []
+  real = setup_lib.model_params
+
+  def counted(model, dummy, rng):
+    traces.append(1)
+    return real(model, dummy, rng)
+
+  monkeypatch.setattr(setup_lib, "model_params", counted)
+  cfg = cli.load_config(str(ROOT / "experiments" / "tiny.py"))
+  cfg.update_from_flattened_dict({"train.seq_len": 16, "train.global_batch": 2})
+  if kind == "lora":
+    cfg.lora.enabled = True
+  if kind == "dpo":
+    cfg.dpo.enabled = True
+  setup = setup_lib.TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  state_type = {"sft": "TrainState", "lora": "LoraTrainState", "dpo": "DpoTrainState"}[kind]
+  assert type(setup.abstract_state).__name__ == state_type
+  with setup.context():
+    if kind != "sft":  # lowering is where the trace happens; one run suffices below
+      jax.jit(setup.init_fn, out_shardings=setup.state_shardings).lower(jax.random.PRNGKey(0))
+      assert len(traces) == 1
+      return
+    state = setup.init_state(cfg.seed)
+  assert len(traces) == 1
+  expected = xgenmm.init_params(setup.model_cfg, jax.random.PRNGKey(cfg.seed))
+  got = jax.tree.leaves(state.params)
+  want = jax.tree.leaves(sharding.strip_boxes(expected))
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.fixture
+def thresholds():
+  """Restores the collector's thresholds and state after the test."""
+  saved, enabled = gc.get_threshold(), gc.isenabled()
+  yield
+  gc.set_threshold(*saved)
+  (gc.enable if enabled else gc.disable)()
+
+
+def test_collect_less_often_raises_cpythons_defaults(thresholds, monkeypatch):
+  monkeypatch.delenv(python_gc.OPT_OUT, raising=False)
+  gc.set_threshold(*python_gc.CPYTHON_DEFAULT)
+  assert python_gc.collect_less_often()
+  assert gc.get_threshold() == (python_gc.YOUNG, python_gc.MIDDLE, python_gc.FULL)
+  assert python_gc.collect_less_often()  # idempotent
+
+
+def test_collect_less_often_leaves_other_choices_alone(thresholds, monkeypatch):
+  monkeypatch.setenv(python_gc.OPT_OUT, "default")
+  gc.set_threshold(*python_gc.CPYTHON_DEFAULT)
+  assert not python_gc.collect_less_often()
+  assert gc.get_threshold() == python_gc.CPYTHON_DEFAULT
+  monkeypatch.delenv(python_gc.OPT_OUT)
+  gc.set_threshold(5000, 10, 10)  # the program's own thresholds
+  assert not python_gc.collect_less_often()
+  assert gc.get_threshold() == (5000, 10, 10)
+  gc.set_threshold(*python_gc.CPYTHON_DEFAULT)
+  gc.disable()
+  assert not python_gc.collect_less_often()
+  assert gc.get_threshold() == python_gc.CPYTHON_DEFAULT and not gc.isenabled()
+
+
+def test_every_entry_point_gets_the_thresholds():
+  """bliperax.cli, which every entry point imports first, applies them."""
+  env = {k: v for k, v in os.environ.items() if k != python_gc.OPT_OUT}
+  out = subprocess.run([sys.executable, "-c", "import bliperax.cli, gc; print(gc.get_threshold())"],
+                       env=env, capture_output=True, text=True, check=True).stdout
+  assert out.strip() == str((python_gc.YOUNG, python_gc.MIDDLE, python_gc.FULL))
