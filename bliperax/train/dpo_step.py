@@ -56,12 +56,12 @@ class DpoTrainState(TrainState):
   reference: Any = None
 
 
-def init_dpo_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
-                   dummy: Dict[str, jax.Array]) -> DpoTrainState:
+def init_dpo_state(rng: jax.Array, init_params: step_lib.InitParams,
+                   tx: optax.GradientTransformation) -> DpoTrainState:
   """`step.init_state`'s state plus the reference, equal to the initial parameters
   (boxed like them, so it shards like them). A `model.init_from` checkpoint replaces
   both (trainer._load_init_params)."""
-  params = model.init(rng, **dummy)["params"]
+  params = init_params(rng)
   return DpoTrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=tx.init(params), reference=params)
 

@@ -39,14 +39,28 @@ class TrainState:
   opt_state: Any
 
 
-def init_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
-               dummy: Dict[str, jax.Array]) -> TrainState:
+InitParams = Callable[[jax.Array], Any]  # rng -> boxed parameters (`model_params`)
+
+
+def model_params(model: XGenMM, dummy: Dict[str, jax.Array], rng: jax.Array) -> Any:
+  """The model's freshly drawn parameters, boxed with logical axis names.
+
+  TrainSetup jits this once per setup (`functools.partial(model_params, model, dummy)`)
+  and the init functions below call that jitted function: its trace is then cached
+  by JAX, so the model's init is traced once for the optimizer's tree, the state's
+  shapes and the init's lowering together.
+  """
+  return model.init(rng, **dummy)["params"]
+
+
+def init_state(rng: jax.Array, init_params: InitParams, tx: optax.GradientTransformation
+               ) -> TrainState:
   """Fresh state, boxed with logical axis names (for sharding); callers unbox it.
 
   The optimizer state is initialised from the boxed params so Adam's moments carry
   the parameters' axis names and shard like them (ZeRO), instead of replicating.
   """
-  params = model.init(rng, **dummy)["params"]
+  params = init_params(rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
@@ -57,13 +71,13 @@ class LoraTrainState(TrainState):
   adapters: Any = None
 
 
-def init_lora_state(rng: jax.Array, model: XGenMM, tx: optax.GradientTransformation,
-                    dummy: Dict[str, jax.Array], lora: Lora,
+def init_lora_state(rng: jax.Array, init_params: InitParams,
+                    tx: optax.GradientTransformation, lora: Lora,
                     base_dtype: str = "") -> LoraTrainState:
   """Fresh LoRA state, boxed like `init_state`'s: the base drawn from `rng` exactly as
   `init_state` draws it (then cast to `base_dtype` if given), the adapters from a key
   folded from it, the optimizer state over the adapters only."""
-  params = model.init(rng, **dummy)["params"]
+  params = init_params(rng)
   if base_dtype:
     params = jax.tree.map(lambda p: p.astype(base_dtype), params)
   adapters = adapters_lib.init(jax.random.fold_in(rng, 1), lora.plan, params, lora.rank)
