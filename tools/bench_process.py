@@ -12,8 +12,14 @@ Fields of the JSON line (seconds unless named otherwise):
   import_s             importing JAX, Flax and bliperax
   build_s              config -> model, optimizer and random parameters (init compile
                        included; the persistent compilation cache applies as for any
-                       entry point: run twice to see a warm start)
+                       entry point: run twice to see a warm start) = setup_s + init_s
+  setup_s              `TrainSetup.build`: model, optimizer, the state's shapes and
+                       shardings (traces the model's init once)
+  init_s               `init_state`: lowering the init, compiling it or loading it from
+                       the cache, and running it
   first_step_s         the first training step, its compile included
+  step_compile_s       of which lowering the step and compiling it or loading it from
+                       the cache (`TrainSetup.compile_step`, as the trainer does)
   time_to_first_step_s from this script's first line to the first step's loss (Python
                        start-up itself not included: the driver's whole_process_s has it)
   step_median_s        median of steps 2..TRAIN_STEPS; step_s lists them all
@@ -96,9 +102,12 @@ def main(argv):
   batches = [_train_batch(i, model_cfg) for i in range(wl.TRAIN_STEPS)]
   cfg.train.seq_len = int(batches[0]["tokens"].shape[1])
   setup = TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  setup_s = time.perf_counter() - t0
   with setup.context():
+    t1 = time.perf_counter()
     state = setup.init_state(cfg.seed)
     jax.block_until_ready(state)
+    init_s = time.perf_counter() - t1
     build_s = time.perf_counter() - t0
 
     step_s, losses = [], []
@@ -106,8 +115,9 @@ def main(argv):
     for i, batch in enumerate(batches):
       t0 = time.perf_counter()
       device_batch = setup.global_batch(batch)
-      if step is None:
-        step = setup.jit_step(device_batch)
+      if step is None:  # as the trainer: lowered and compiled before the first call
+        step = setup.compile_step(device_batch)
+        step_compile_s = time.perf_counter() - t0
       state, metrics = step(state, device_batch)
       losses.append(float(metrics["loss"]))  # waits for the step
       step_s.append(time.perf_counter() - t0)
@@ -137,7 +147,8 @@ def main(argv):
   loop_s = min(timed(wl.NEW_TOKENS) for _ in range(_REPEATS.value))
   print(json.dumps(dict(
       impl="bliperax", import_s=round(import_s, 2), build_s=round(build_s, 2),
-      first_step_s=round(step_s[0], 3), time_to_first_step_s=round(time_to_first_step, 2),
+      setup_s=round(setup_s, 2), init_s=round(init_s, 2),
+      first_step_s=round(step_s[0], 3), step_compile_s=round(step_compile_s, 2), time_to_first_step_s=round(time_to_first_step, 2),
       step_median_s=round(wl.median(step_s[1:]), 4),
       step_s=[round(s, 4) for s in step_s], final_loss=round(losses[-1], 4),
       first_generate_s=round(first_generate_s, 3), process_done_unix=process_done_unix,
