@@ -4,11 +4,10 @@ Tracing a Flax model (`jax.eval_shape`, `jit(...).lower`) allocates millions of
 short-lived Python objects, and CPython's default thresholds (700, 10, 10) run a
 collection every 700 net allocations, each of which walks the young objects, and a
 full collection over everything JAX, Flax and the traced program keep alive every
-100 of those. Measured on 2 cores with the `small` preset (tools/bench_process.py
-and its phases), collecting less often took start-up from import to the first
-step's start from ~9.9 s to ~7.5 s: imports 2.2 -> 1.6 s, `TrainSetup.build`
-1.7 -> 1.2 s, the init's lowering 1.4 -> 0.9 s, the step's lowering 2.0-2.6 ->
-1.7 s. The cost: cyclic garbage lives up to `YOUNG` allocations longer (some MB).
+100 of those. Measured on 2 cores with the `small` preset (phase timers around
+tools/bench_process.py's steps, 3 runs each): `TrainSetup.build` 1.7 -> 1.1-1.5 s,
+the init's lowering 1.4-1.65 -> 0.8-1.0 s, the train step's lowering 2.0-2.6 ->
+1.7-1.9 s. The cost: cyclic garbage lives up to `YOUNG` allocations longer (some MB).
 
 `collect_less_often()` sets these thresholds for this process; bliperax.cli calls it
 at import, so every entry point gets it, and a library user can call it first thing.
