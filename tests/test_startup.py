@@ -21,9 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("kind", ["sft", "lora", "dpo"])
 def test_the_models_init_is_traced_once_for_build_and_init(monkeypatch, kind):
-  """Build (optimizer tree, state shapes) and init_state (its lowering and run) trace
-  the model's init once between them, for every kind of state; the state's parameters
-  are the ones the model's own init draws."""
+  """Build (optimizer tree, state shapes) and init_state's lowering trace the model's
+  init once between them, for every kind of state."""
   traces = []
   real = setup_lib.model_params
 
@@ -41,19 +40,9 @@ def test_the_models_init_is_traced_once_for_build_and_init(monkeypatch, kind):
   setup = setup_lib.TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
   state_type = {"sft": "TrainState", "lora": "LoraTrainState", "dpo": "DpoTrainState"}[kind]
   assert type(setup.abstract_state).__name__ == state_type
-  with setup.context():
-    if kind != "sft":  # lowering is where the trace happens; one run suffices below
-      jax.jit(setup.init_fn, out_shardings=setup.state_shardings).lower(jax.random.PRNGKey(0))
-      assert len(traces) == 1
-      return
-    state = setup.init_state(cfg.seed)
+  with setup.context():  # lowering is where the trace happens
+    jax.jit(setup.init_fn, out_shardings=setup.state_shardings).lower(jax.random.PRNGKey(0))
   assert len(traces) == 1
-  expected = xgenmm.init_params(setup.model_cfg, jax.random.PRNGKey(cfg.seed))
-  got = jax.tree.leaves(state.params)
-  want = jax.tree.leaves(sharding.strip_boxes(expected))
-  assert len(got) == len(want)
-  for g, w in zip(got, want):
-    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
 @pytest.fixture
@@ -94,3 +83,53 @@ def test_every_entry_point_gets_the_thresholds():
   out = subprocess.run([sys.executable, "-c", "import bliperax.cli, gc; print(gc.get_threshold())"],
                        env=env, capture_output=True, text=True, check=True).stdout
   assert out.strip() == str((python_gc.YOUNG, python_gc.MIDDLE, python_gc.FULL))
+
+
+@pytest.mark.parametrize("kind", ["sft", "lora", "dpo"])
+def test_state_from_params_is_the_drawn_state_with_the_params_replaced(monkeypatch, kind):
+  """`state_from_params` (what `model.init_from` runs) makes the state `init_state`
+  makes with the given parameters put in its place (and DPO's reference; LoRA's base
+  cast to bf16, its adapters drawn from the seed), bit for bit, without tracing the
+  model's random init again; and `init_state` draws what the model's own init does."""
+  traces = []
+  real = setup_lib.model_params
+
+  def counted(model, dummy, rng):
+    traces.append(1)
+    return real(model, dummy, rng)
+
+  monkeypatch.setattr(setup_lib, "model_params", counted)
+  cfg = cli.load_config(str(ROOT / "experiments" / "tiny.py"))
+  cfg.update_from_flattened_dict({"train.seq_len": 16, "train.global_batch": 2})
+  if kind == "lora":
+    cfg.lora.enabled = True
+    cfg.lora.base_dtype = "bfloat16"
+  if kind == "dpo":
+    cfg.dpo.enabled = True
+  setup = setup_lib.TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  rng = np.random.default_rng(7)
+  given = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32),
+                       sharding.strip_boxes(setup.boxed_params))
+  with setup.context():
+    got = setup.state_from_params(given, cfg.seed)
+    assert len(traces) == 1  # the build's: the random init was not traced again
+    drawn = setup.init_state(cfg.seed)
+  cast = lambda tree, like: jax.tree.map(lambda v, l: np.asarray(v).astype(l.dtype), tree, like)
+  expected = drawn.replace(params=cast(given, drawn.params))
+  if kind == "dpo":
+    expected = expected.replace(reference=cast(given, drawn.reference))
+  got_leaves, got_tree = jax.tree.flatten(got)
+  want_leaves, want_tree = jax.tree.flatten(expected)
+  assert got_tree == want_tree
+  for g, w in zip(got_leaves, want_leaves):
+    assert g.dtype == w.dtype and g.shape == w.shape
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  if kind == "lora":
+    assert jax.tree.leaves(got.params)[0].dtype == np.dtype("bfloat16")
+  if kind == "sft":  # and the draw through the setup's jitted init is the model's own
+    own = sharding.strip_boxes(xgenmm.init_params(setup.model_cfg, jax.random.PRNGKey(cfg.seed)))
+    for d, o in zip(jax.tree.leaves(drawn.params), jax.tree.leaves(own), strict=True):
+      np.testing.assert_array_equal(np.asarray(d), np.asarray(o))
+  # The given parameters are not the drawn ones: the test can tell them apart.
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(got.params), jax.tree.leaves(drawn.params)))

@@ -60,7 +60,7 @@ def init_dpo_state(rng: jax.Array, init_params: step_lib.InitParams,
                    tx: optax.GradientTransformation) -> DpoTrainState:
   """`step.init_state`'s state plus the reference, equal to the initial parameters
   (boxed like them, so it shards like them). A `model.init_from` checkpoint replaces
-  both (trainer._load_init_params)."""
+  both (TrainSetup.state_from_params)."""
   params = init_params(rng)
   return DpoTrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=tx.init(params), reference=params)

@@ -56,13 +56,15 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: XGenMMConfig):
   raise ValueError(f"unknown data kind {kind!r}")
 
 
-def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
-  """Replaces fresh params with a converted checkpoint's (bliperax.convert.params_io)."""
+def _read_init_params(path: str, abstract_params: Any) -> Any:
+  """A converted checkpoint's parameters (bliperax.convert.params_io) as host arrays
+  in the tree of `abstract_params` (the state's parameters: ShapeDtypeStructs),
+  stacked or unstacked to its layer layout; InvalidRun if they do not fit it."""
   from bliperax.convert import params_io
   from bliperax.convert import layout
   params, _, _ = params_io.load_params(path)
   flat_new = layout.flatten(params)
-  flat_old = layout.flatten(state.params)
+  flat_old = layout.flatten(abstract_params)
   if layout.is_scanned(flat_old) != layout.is_scanned(flat_new):
     flat_new = (layout.stack_layers(flat_new) if layout.is_scanned(flat_old)
                 else layout.unstack_layers(flat_new))
@@ -74,13 +76,7 @@ def _load_init_params(path: str, state: TrainState, shardings) -> TrainState:
       raise InvalidRun(f"model.init_from {path}: parameter {key} has shape "
                        f"{tuple(np.shape(flat_new[key]))}, the model config's is "
                        f"{tuple(flat_old[key].shape)}")
-  flat_sh = layout.flatten(shardings.params)
-  def place():
-    return layout.unflatten({k: jax.device_put(np.asarray(v).astype(flat_old[k].dtype),
-                                               flat_sh[k]) for k, v in flat_new.items()})
-  if getattr(state, "reference", None) is not None:  # DPO: the init is the reference too
-    return state.replace(params=place(), reference=place())  # own buffers (donation)
-  return state.replace(params=place())
+  return layout.unflatten({k: np.asarray(v) for k, v in flat_new.items()})
 
 
 def _sum_over_processes(value: float) -> float:
@@ -182,9 +178,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       logging.info("restored step %d from %s", start, ckpt.directory)
     else:
       start = 0
-      state = setup.init_state(cfg.seed)
-      if cfg.model.get("init_from"):
-        state = _load_init_params(cfg.model.init_from, state, setup.state_shardings)
+      if cfg.model.get("init_from"):  # never draws (nor compiles) the random init
+        state = setup.state_from_params(
+            _read_init_params(cfg.model.init_from, setup.abstract_state.params), cfg.seed)
+      else:
+        state = setup.init_state(cfg.seed)
   writer = metrics_lib.MetricWriter(workdir_path, enabled=is_main, resume_step=start)
 
   # Model FLOPs counted from each batch that ran (every packed crop, group, token
