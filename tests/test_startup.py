@@ -19,25 +19,37 @@ from bliperax.train import setup as setup_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("kind", ["sft", "lora", "dpo"])
-def test_the_models_init_is_traced_once_for_build_and_init(monkeypatch, kind):
-  """Build (optimizer tree, state shapes) and init_state's lowering trace the model's
-  init once between them, for every kind of state."""
-  traces = []
+@pytest.fixture
+def traces(monkeypatch):
+  """A list that grows by one each time the setup's `model_params` is traced."""
+  calls = []
   real = setup_lib.model_params
 
   def counted(model, dummy, rng):
-    traces.append(1)
+    calls.append(1)
     return real(model, dummy, rng)
 
   monkeypatch.setattr(setup_lib, "model_params", counted)
+  return calls
+
+
+def _tiny_setup(kind: str) -> setup_lib.TrainSetup:
+  """The tiny model's setup for a plain (sft), LoRA (bf16 base) or DPO state."""
   cfg = cli.load_config(str(ROOT / "experiments" / "tiny.py"))
   cfg.update_from_flattened_dict({"train.seq_len": 16, "train.global_batch": 2})
   if kind == "lora":
     cfg.lora.enabled = True
+    cfg.lora.base_dtype = "bfloat16"
   if kind == "dpo":
     cfg.dpo.enabled = True
-  setup = setup_lib.TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  return setup_lib.TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+
+
+@pytest.mark.parametrize("kind", ["sft", "lora", "dpo"])
+def test_the_models_init_is_traced_once_for_build_and_init(traces, kind):
+  """Build (optimizer tree, state shapes) and init_state's lowering trace the model's
+  init once between them, for every kind of state."""
+  setup = _tiny_setup(kind)
   state_type = {"sft": "TrainState", "lora": "LoraTrainState", "dpo": "DpoTrainState"}[kind]
   assert type(setup.abstract_state).__name__ == state_type
   with setup.context():  # lowering is where the trace happens
@@ -86,27 +98,13 @@ def test_every_entry_point_gets_the_thresholds():
 
 
 @pytest.mark.parametrize("kind", ["sft", "lora", "dpo"])
-def test_state_from_params_is_the_drawn_state_with_the_params_replaced(monkeypatch, kind):
+def test_state_from_params_is_the_drawn_state_with_the_params_replaced(traces, kind):
   """`state_from_params` (what `model.init_from` runs) makes the state `init_state`
   makes with the given parameters put in its place (and DPO's reference; LoRA's base
   cast to bf16, its adapters drawn from the seed), bit for bit, without tracing the
   model's random init again; and `init_state` draws what the model's own init does."""
-  traces = []
-  real = setup_lib.model_params
-
-  def counted(model, dummy, rng):
-    traces.append(1)
-    return real(model, dummy, rng)
-
-  monkeypatch.setattr(setup_lib, "model_params", counted)
-  cfg = cli.load_config(str(ROOT / "experiments" / "tiny.py"))
-  cfg.update_from_flattened_dict({"train.seq_len": 16, "train.global_batch": 2})
-  if kind == "lora":
-    cfg.lora.enabled = True
-    cfg.lora.base_dtype = "bfloat16"
-  if kind == "dpo":
-    cfg.dpo.enabled = True
-  setup = setup_lib.TrainSetup.build(cfg, sharding.make_mesh(cfg.mesh))
+  setup = _tiny_setup(kind)
+  cfg = setup.cfg
   rng = np.random.default_rng(7)
   given = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32),
                        sharding.strip_boxes(setup.boxed_params))
