@@ -124,6 +124,9 @@ def test_state_from_params_is_the_drawn_state_with_the_params_replaced(traces, k
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
   if kind == "lora":
     assert jax.tree.leaves(got.params)[0].dtype == np.dtype("bfloat16")
+  if kind == "dpo":  # the step donates the state: params and reference own their buffers
+    assert not {p.unsafe_buffer_pointer() for p in jax.tree.leaves(got.params)} & {
+        r.unsafe_buffer_pointer() for r in jax.tree.leaves(got.reference)}
   if kind == "sft":  # and the draw through the setup's jitted init is the model's own
     own = sharding.strip_boxes(xgenmm.init_params(setup.model_cfg, jax.random.PRNGKey(cfg.seed)))
     for d, o in zip(jax.tree.leaves(drawn.params), jax.tree.leaves(own), strict=True):
