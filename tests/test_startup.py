@@ -21,15 +21,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def traces(monkeypatch):
-  """A list that grows by one each time the setup's `model_params` is traced."""
+  """A list that grows by one each time the model's init is traced: the setup's
+  `model_params`, or `xgenmm.abstract_params` (which LoRA's plan used to call)."""
   calls = []
-  real = setup_lib.model_params
+  real_params, real_abstract = setup_lib.model_params, xgenmm.abstract_params
 
   def counted(model, dummy, rng):
-    calls.append(1)
-    return real(model, dummy, rng)
+    calls.append("model_params")
+    return real_params(model, dummy, rng)
+
+  def counted_abstract(cfg):
+    calls.append("abstract_params")
+    return real_abstract(cfg)
 
   monkeypatch.setattr(setup_lib, "model_params", counted)
+  monkeypatch.setattr(xgenmm, "abstract_params", counted_abstract)
   return calls
 
 
@@ -54,7 +60,7 @@ def test_the_models_init_is_traced_once_for_build_and_init(traces, kind):
   assert type(setup.abstract_state).__name__ == state_type
   with setup.context():  # lowering is where the trace happens
     jax.jit(setup.init_fn, out_shardings=setup.state_shardings).lower(jax.random.PRNGKey(0))
-  assert len(traces) == 1
+  assert traces == ["model_params"]
 
 
 @pytest.fixture
@@ -110,7 +116,7 @@ def test_state_from_params_is_the_drawn_state_with_the_params_replaced(traces, k
                        sharding.strip_boxes(setup.boxed_params))
   with setup.context():
     got = setup.state_from_params(given, cfg.seed)
-    assert len(traces) == 1  # the build's: the random init was not traced again
+    assert traces == ["model_params"]  # the build's: the random init was not traced again
     drawn = setup.init_state(cfg.seed)
   cast = lambda tree, like: jax.tree.map(lambda v, l: np.asarray(v).astype(l.dtype), tree, like)
   expected = drawn.replace(params=cast(given, drawn.params))

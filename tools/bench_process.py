@@ -13,7 +13,8 @@ Fields of the JSON line (seconds unless named otherwise):
   build_s              config -> model, optimizer and random parameters (init compile
                        included; the persistent compilation cache applies as for any
                        entry point: run twice to see a warm start) = setup_s + init_s
-  setup_s              `TrainSetup.build`: model, optimizer, the state's shapes and
+  setup_s              the config, the workload's batches (~0.03 s) and
+                       `TrainSetup.build`: model, optimizer, the state's shapes and
                        shardings (traces the model's init once)
   init_s               `init_state`: lowering the init, compiling it or loading it from
                        the cache, and running it
@@ -148,7 +149,8 @@ def main(argv):
   print(json.dumps(dict(
       impl="bliperax", import_s=round(import_s, 2), build_s=round(build_s, 2),
       setup_s=round(setup_s, 2), init_s=round(init_s, 2),
-      first_step_s=round(step_s[0], 3), step_compile_s=round(step_compile_s, 2), time_to_first_step_s=round(time_to_first_step, 2),
+      first_step_s=round(step_s[0], 3), step_compile_s=round(step_compile_s, 2),
+      time_to_first_step_s=round(time_to_first_step, 2),
       step_median_s=round(wl.median(step_s[1:]), 4),
       step_s=[round(s, 4) for s in step_s], final_loss=round(losses[-1], 4),
       first_generate_s=round(first_generate_s, 3), process_done_unix=process_done_unix,

@@ -129,11 +129,15 @@ class Lora:
   dropout: float = 0.0
 
   @classmethod
-  def from_config(cls, model_cfg: XGenMMConfig, lora: ml_collections.ConfigDict) -> "Lora":
-    """From a `cfg.lora` block (bliperax/lora/config.py) for this model config."""
+  def from_config(cls, model_cfg: XGenMMConfig, lora: ml_collections.ConfigDict,
+                  abstract_params: Any = None) -> "Lora":
+    """From a `cfg.lora` block (bliperax/lora/config.py) for this model config;
+    `abstract_params`, the config's boxed abstract parameters if the caller has them
+    (else `plan_lib.make` traces the model's init for them)."""
     lora_config.check(lora)
-    return cls(plan=plan_lib.make(model_cfg, tuple(lora.targets)), rank=int(lora.rank),
-               scale=lora_config.scale(lora), dropout=float(lora.get("dropout", 0.0)))
+    return cls(plan=plan_lib.make(model_cfg, tuple(lora.targets), abstract_params),
+               rank=int(lora.rank), scale=lora_config.scale(lora),
+               dropout=float(lora.get("dropout", 0.0)))
 
   def params(self, base: Any, adapters: Any) -> dict:
     """The tree to apply under `intercept()` (see `attach`)."""

@@ -30,7 +30,7 @@ def report(cfg: XGenMMConfig, targets: Sequence[str], rank: int,
   """
   cfg = cfg.with_numerics(scan_layers=True)  # one traced block per stack: fast, same counts
   boxed = xgenmm.abstract_params(cfg)
-  sites = plan.make(cfg, targets)
+  sites = plan.make(cfg, targets, boxed)
   flat = layout.flatten(adapters.abstract(sites, boxed, rank))
   params = layout.flatten(boxed)
   by_module: Dict[str, int] = {}

@@ -92,14 +92,18 @@ def fused_groups(cfg: XGenMMConfig) -> Dict[str, Tuple[str, ...]]:
   return groups
 
 
-def make(cfg: XGenMMConfig, targets: Sequence[str]) -> Plan:
+def make(cfg: XGenMMConfig, targets: Sequence[str], abstract: Optional[Any] = None) -> Plan:
   """The sites whose kernels match any of `targets` (regexes, `re.search`).
+
+  `abstract`: the config's (boxed) abstract parameters when the caller has them
+  (default: `xgenmm.abstract_params(cfg)`, which traces the model's init again).
 
   Raises:
     ValueError: a regex matches nothing, or matches a parameter that is not the
       kernel of a Dense layer the forward calls.
   """
-  abstract = xgenmm.abstract_params(cfg)
+  if abstract is None:
+    abstract = xgenmm.abstract_params(cfg)
   dense = dense_layers(cfg, abstract)
   params = layout.flatten(abstract)
   kernels = {f"{m}/kernel": m for m in dense}

@@ -103,7 +103,8 @@ class TrainSetup:
     init_params = jax.jit(functools.partial(model_params, model, dummy))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       boxed_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-    lora = Lora.from_config(model_cfg, cfg.lora) if lora_config.enabled(cfg) else None
+    lora = (Lora.from_config(model_cfg, cfg.lora, boxed_params) if lora_config.enabled(cfg)
+            else None)
     if lora is None:
       trained = nn.meta.unbox(boxed_params)
     else:  # the optimizer sees the adapters only; the base gets no state at all

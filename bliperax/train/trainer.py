@@ -34,7 +34,6 @@ from bliperax.train import inputs as inputs_lib
 from bliperax.train import metrics as metrics_lib
 from bliperax.train import preemption
 from bliperax.train.setup import TrainSetup
-from bliperax.train.step import TrainState
 
 
 DATA_KINDS = ("synthetic", "grain")
