@@ -131,6 +131,23 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
 
 
+def test_greedy_token_is_argmax_with_ties_infinities_and_nan():
+  """greedy_token (two reductions) picks exactly what jnp.argmax picks: the first of tied
+  maxima, the first NaN of a row holding one, the first of an all -inf row."""
+  rng = np.random.default_rng(0)
+  logits = rng.integers(-3, 4, size=(8, 1000)).astype(np.float32)  # many ties
+  logits[1] = -np.inf
+  logits[2, [7, 500]] = np.nan
+  logits[3, 999] = np.inf
+  logits[4] = rng.normal(size=1000).astype(np.float32)
+  logits[5, :] = 2.0
+  logits[6, [0, 999]] = 100.0
+  got = jax.jit(generate_lib.greedy_token)(jnp.asarray(logits))
+  np.testing.assert_array_equal(got, jnp.argmax(jnp.asarray(logits), axis=-1))
+  assert got.dtype == jnp.int32 and list(np.asarray(got)[1:7]) == [0, 7, 999,
+                                                                    logits[4].argmax(), 0, 0]
+
+
 @pytest.mark.parametrize("temperature", [
     0.0, pytest.param(1.0, marks=pytest.mark.slow)])  # sampling: --runslow (suite budget)
 def test_streaming_sees_every_token_and_decodes_the_same(temperature):

@@ -64,8 +64,10 @@ def _cache_shapes(cfg: XGenMMConfig, batch: int, length: int):
       lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)["cache"])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def init_cache(cfg: XGenMMConfig, batch: int, length: int) -> dict:
-  """Zeroed KV cache for `batch` rows of `length` slots."""
+  """Zeroed KV cache for `batch` rows of `length` slots (one dispatch: zeroing leaf by
+  leaf cost ~0.15 ms per array, 5 ms a call for 8 layers)."""
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(cfg, batch, length))
 
 
@@ -137,11 +139,24 @@ def _decode_loop(cfg: XGenMMConfig, params, cache, logits, position, rng, stream
                       lambda out: emit(step, select(logits, step, finished), out)[0], out)
 
 
+def greedy_token(logits: jax.Array) -> jax.Array:
+  """int32[B]: jnp.argmax(logits, -1) exactly (first maximum; first NaN if any).
+
+  As two plain reductions (the maximum, then the least index holding it): XLA's CPU
+  argmax is a variadic (value, index) reduction that took ~150 us over a 32k-wide
+  row, this ~30 us, about 1% of a small model's decoded token.
+  """
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  hit = (logits == top) | jnp.isnan(logits)
+  index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
+
+
 def select_token(logits: jax.Array, rng: Optional[jax.Array], temperature: float,
                  top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Greedy (temperature 0) or sampled next token from logits float32[B, V]."""
   if temperature <= 0:
-    return jnp.argmax(logits, axis=-1)
+    return greedy_token(logits)
   logits = logits / temperature
   if top_k:
     kth = jnp.sort(logits, axis=-1)[:, -top_k][:, None]
