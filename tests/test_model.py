@@ -9,7 +9,7 @@ from bliperax.convert import layout
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
 from bliperax.infer import generate as generate_lib
-from bliperax.models import presets, xgenmm
+from bliperax.models import phi3, presets, xgenmm
 
 # float32 round-off over a few tiny layers (values of order 1): a wrong mask or a
 # wrong position changes outputs by O(0.1) and more.
@@ -129,6 +129,43 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
   greedy = generate_lib.select_token(logits, None, temperature=0.0)
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_k=1), greedy)
   np.testing.assert_array_equal(generate_lib.select_token(logits, key, 1.0, top_p=1e-6), greedy)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_fused_projections_compute_the_same_logits(scan):
+  """fuse_projections joins q|k|v and gate|up (the decode loop's form on CPU); the
+  model on the joined tree gives the logits of the separate kernels, with GQA."""
+  cfg = presets.get("tiny_gqa", scan_layers=scan)
+  params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(5))))
+  decoder = phi3.fuse_projections(params["lm"]["decoder"])
+  block = decoder["layers"] if scan else decoder["layers_1"]
+  c = cfg.text
+  assert set(block["self_attn"]) == {"qkv_proj", "o_proj"}
+  assert set(block["mlp"]) == {"gate_up_proj", "down_proj"}
+  lead = (c.depth,) if scan else ()
+  assert block["self_attn"]["qkv_proj"]["kernel"].shape == lead + (
+      c.width, c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+  assert block["mlp"]["gate_up_proj"]["kernel"].shape == lead + (c.width, 2 * c.mlp_dim)
+  assert "q_proj" in params["lm"]["decoder"][
+      "layers" if scan else "layers_1"]["self_attn"]  # the input tree is left as it was
+  fused = {**params, "lm": {**params["lm"], "decoder": decoder}}
+  batch = batch_spec.model_inputs(_random_batch(cfg, 3))
+  model = xgenmm.XGenMM(cfg)
+  np.testing.assert_allclose(np.asarray(model.apply({"params": fused}, **batch)),
+                             np.asarray(model.apply({"params": params}, **batch)),
+                             atol=ATOL, rtol=0)
+
+
+def test_fuse_projections_leaves_unmerged_adapters_separate():
+  """A projection that carries LoRA adapters beside its kernel is not joined."""
+  k = np.zeros((4, 2, 3), np.float32)
+  tree = {"layers_0": {"self_attn": {"q_proj": {"kernel": k, "lora_a": k},
+                                     "k_proj": {"kernel": k}, "v_proj": {"kernel": k}},
+                       "mlp": {"gate_proj": {"kernel": k[..., 0]},
+                               "up_proj": {"kernel": k[..., 0]}}}}
+  out = phi3.fuse_projections(tree)["layers_0"]
+  assert set(out["self_attn"]) == {"q_proj", "k_proj", "v_proj"}
+  assert set(out["mlp"]) == {"gate_up_proj"}
 
 
 def test_greedy_token_is_argmax_with_ties_infinities_and_nan():

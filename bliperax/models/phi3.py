@@ -11,7 +11,7 @@ values and key segment ids for `S` slots; a call writes its `t` new tokens at
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -33,12 +33,17 @@ class Phi3Attention(nn.Module):
     """x [B, T, D], positions int[B, T], segment_ids int[B, T] -> [B, T, D]."""
     c, num = self.cfg, self.num
     kw = dict(use_bias=False, dtype=num.dtype, param_dtype=num.param_dtype)
-    q = layers.Dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
-                     name="q_proj", **kw)(x)
-    k = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
-                     name="k_proj", **kw)(x)
-    v = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
-                     name="v_proj", **kw)(x)
+    if self.has_variable("params", "qkv_proj"):  # fuse_projections' form (decoding)
+      qkv = layers.Dense((c.num_heads + 2 * c.num_kv_heads, c.head_dim),
+                         ("embed", "qkv_heads", "head_dim"), name="qkv_proj", **kw)(x)
+      q, k, v = jnp.split(qkv, (c.num_heads, c.num_heads + c.num_kv_heads), axis=-2)
+    else:
+      q = layers.Dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
+                       name="q_proj", **kw)(x)
+      k = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+                       name="k_proj", **kw)(x)
+      v = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+                       name="v_proj", **kw)(x)
     q = layers.rope(q, positions, c.rope_theta)
     k = layers.rope(k, positions, c.rope_theta)
 
@@ -81,10 +86,48 @@ class Phi3MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kw = dict(use_bias=False, dtype=self.num.dtype, param_dtype=self.num.param_dtype)
-    gate = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="gate_proj", **kw)(x)
-    up = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up_proj", **kw)(x)
+    if self.has_variable("params", "gate_up_proj"):  # fuse_projections' form (decoding)
+      gate, up = jnp.split(layers.Dense(2 * self.cfg.mlp_dim, ("embed", "mlp"),
+                                        name="gate_up_proj", **kw)(x), 2, axis=-1)
+    else:
+      gate = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="gate_proj", **kw)(x)
+      up = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up_proj", **kw)(x)
     return layers.Dense(self.cfg.width, ("mlp", "embed"), name="down_proj", **kw)(
         up * jax.nn.silu(gate))
+
+
+# fused name -> (parts, the kernel axis they are stacked on, counted from the end).
+_FUSED = {"qkv_proj": (("q_proj", "k_proj", "v_proj"), -2),  # [.., D, heads, head_dim]
+          "gate_up_proj": (("gate_proj", "up_proj"), -1)}    # [.., D, mlp]
+
+
+def fuse_projections(decoder_params: dict) -> dict:
+  """The decoder's parameters with q|k|v and gate|up each joined into one kernel.
+
+  For decoding: at one token per step every product is a matrix-vector product, and
+  on CPU each costs a fixed overhead on top of reading its weights, so three 1 MB
+  products cost more than one of 3 MB (the `small` model's layers: ~10% of a token).
+  The attention and MLP modules use whichever form the tree holds; the checkpoint,
+  training and LoRA keep the separate kernels. Works on scanned ([L, ...]) and
+  unscanned layers; a projection carrying anything but its kernel (unmerged LoRA
+  adapters) is left separate. Traceable: inside a jitted decode loop the join runs
+  once, before the loop (XLA hoists it; it is loop-invariant).
+
+  Args:
+    decoder_params: the `lm/decoder` subtree (unboxed).
+  Returns:
+    A new tree (the other leaves shared, not copied).
+  """
+  def visit(tree):
+    if not isinstance(tree, Mapping):
+      return tree
+    out = {k: visit(v) for k, v in tree.items()}
+    for fused, (parts, axis) in _FUSED.items():
+      if all(isinstance(out.get(p), dict) and set(out[p]) == {"kernel"} for p in parts):
+        out[fused] = {"kernel": jnp.concatenate([out.pop(p)["kernel"] for p in parts],
+                                                axis=axis)}
+    return out
+  return visit(dict(decoder_params))
 
 
 class Phi3Block(nn.Module):
