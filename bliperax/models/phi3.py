@@ -33,17 +33,21 @@ class Phi3Attention(nn.Module):
     """x [B, T, D], positions int[B, T], segment_ids int[B, T] -> [B, T, D]."""
     c, num = self.cfg, self.num
     kw = dict(use_bias=False, dtype=num.dtype, param_dtype=num.param_dtype)
+    # The projections run on [B·T, D] rows (see Phi3MLP.__call__).
+    rows = x.reshape(-1, x.shape[-1])
+    unflatten = lambda y: y.reshape(x.shape[:-1] + y.shape[1:])
     if self.has_variable("params", "qkv_proj"):  # fuse_projections' form (decoding)
-      qkv = layers.Dense((c.num_heads + 2 * c.num_kv_heads, c.head_dim),
-                         ("embed", "qkv_heads", "head_dim"), name="qkv_proj", **kw)(x)
+      qkv = unflatten(layers.Dense((c.num_heads + 2 * c.num_kv_heads, c.head_dim),
+                                   ("embed", "qkv_heads", "head_dim"), name="qkv_proj",
+                                   **kw)(rows))
       q, k, v = jnp.split(qkv, (c.num_heads, c.num_heads + c.num_kv_heads), axis=-2)
     else:
-      q = layers.Dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
-                       name="q_proj", **kw)(x)
-      k = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
-                       name="k_proj", **kw)(x)
-      v = layers.Dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
-                       name="v_proj", **kw)(x)
+      q = unflatten(layers.Dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
+                                 name="q_proj", **kw)(rows))
+      k = unflatten(layers.Dense((c.num_kv_heads, c.head_dim),
+                                 ("embed", "kv_heads", "head_dim"), name="k_proj", **kw)(rows))
+      v = unflatten(layers.Dense((c.num_kv_heads, c.head_dim),
+                                 ("embed", "kv_heads", "head_dim"), name="v_proj", **kw)(rows))
     q = layers.rope(q, positions, c.rope_theta)
     k = layers.rope(k, positions, c.rope_theta)
 
@@ -55,8 +59,8 @@ class Phi3Attention(nn.Module):
     mask = layers.attention_mask(q_slots, k_slots, segment_ids, k_segments, causal=True,
                                  window=c.sliding_window)
     out = layers.dot_product_attention(q, k, v, mask, num.attention_impl)
-    return layers.Dense(c.width, ("heads", "head_dim", "embed"), contract=2, name="o_proj",
-                        **kw)(out)
+    return unflatten(layers.Dense(c.width, ("heads", "head_dim", "embed"), contract=2,
+                                  name="o_proj", **kw)(out.reshape((-1,) + out.shape[2:])))
 
   def _use_cache(self, k: Array, v: Array, segment_ids: Array):
     """Writes k, v [B, t, K, H] at the cache index; returns the whole cache and slots."""
@@ -84,7 +88,7 @@ class Phi3MLP(nn.Module):
   num: Numerics
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def _mlp(self, x: Array) -> Array:
     kw = dict(use_bias=False, dtype=self.num.dtype, param_dtype=self.num.param_dtype)
     if self.has_variable("params", "gate_up_proj"):  # fuse_projections' form (decoding)
       gate, up = jnp.split(layers.Dense(2 * self.cfg.mlp_dim, ("embed", "mlp"),
@@ -94,6 +98,19 @@ class Phi3MLP(nn.Module):
       up = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up_proj", **kw)(x)
     return layers.Dense(self.cfg.width, ("mlp", "embed"), name="down_proj", **kw)(
         up * jax.nn.silu(gate))
+
+  def __call__(self, x: Array) -> Array:
+    """x [B, T, D] -> [B, T, D], the products on x as [B·T, D] rows.
+
+    Same products, as 2-D matrices. With [B, T, ·] operands XLA's CPU backend computed
+    each weight gradient with the activation gradient transposed, fused into the
+    gated activation's backward (~12 ms per [1024, 1536] copy, 2 per layer); as rows
+    it needs none. The train step of tools/bench_process.py's workload: ~10% faster
+    with the attention projections done the same way. The merge is of leading axes
+    only, so a batch sharded over `data`/`fsdp` stays sharded the same way.
+    """
+    lead = x.shape[:-1]
+    return self._mlp(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
 
 
 # fused name -> (parts, the kernel axis they are stacked on, counted from the end).
