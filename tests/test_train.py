@@ -49,6 +49,8 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 import pytest
 
+import roundoff
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 # The tiny experiment, shortened for the trainer runs: 6 steps, a checkpoint every 4,
@@ -59,8 +61,7 @@ OVERRIDES = {"total_steps": 6, "checkpoint_every": 4, "train.seq_len": 24,
 EXACT_KEYS = ("loss", "grad_norm", "learning_rate", "loss_tokens", "skipped_updates")
 # How many times the round-off of a permuted batch a reordered computation may differ
 # by: sharding reorders several reductions at once (see the module docstring).
-PARAM_FACTOR = 8  # on per-tensor L2 norms
-SCALAR_FACTOR = 4  # on loss and gradient norm
+PARAM_FACTOR, SCALAR_FACTOR = roundoff.PARAM_FACTOR, roundoff.SCALAR_FACTOR  # tests/roundoff.py
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -173,50 +174,15 @@ def _load_state(workdir: pathlib.Path, step: int) -> Dict[str, np.ndarray]:
       path, args=ocp.args.PyTreeRestore(restore_args=restore_args)))
 
 
-def _ulp(x: np.ndarray) -> np.ndarray:
-  return np.spacing(np.abs(np.asarray(x, np.float32))).astype(np.float64)
+_ulp, _max_diff, _norm = roundoff.ulp, roundoff.max_diff, roundoff.norm
+_roundoff_violations, _assert_roundoff_close = roundoff.violations, roundoff.assert_close
 
 
-def _max_diff(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> float:
-  assert a.keys() == b.keys()
-  return max((float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].size),
-             default=0.0)
-
-
-def _norm(x: np.ndarray) -> float:
-  return float(np.sqrt(np.sum(np.square(np.asarray(x, np.float64)))))
-
-
-def _roundoff_violations(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray],
-                         permuted: Dict[str, np.ndarray], single: Dict[str, np.ndarray]
-                         ) -> List[str]:
-  """Tensors where ||got - want|| > PARAM_FACTOR * ||permuted - single|| + 2 ||ulp||."""
-  assert got.keys() == want.keys() == permuted.keys() == single.keys(), "different params"
-  assert _max_diff(permuted, single) > 0, "the round-off reference is zero; it bounds nothing"
-  bad = []
-  for k in want:
-    g, w = got[k].astype(np.float64), want[k].astype(np.float64)
-    diff = _norm(g - w)
-    bound = (PARAM_FACTOR * _norm(permuted[k].astype(np.float64) - single[k])
-             + 2 * _norm(_ulp(np.maximum(np.abs(g), np.abs(w)))))
-    if diff > bound:
-      bad.append(f"{k}: |diff| {diff:.3g} > {PARAM_FACTOR} x round-off + 2 ulp = {bound:.3g}")
-  return bad
-
-
-def _assert_roundoff_close(got, want, permuted, single, what: str) -> None:
-  bad = _roundoff_violations(got, want, permuted, single)
-  assert not bad, f"{what}: " + "; ".join(bad[:5]) + (f" and {len(bad) - 5} more"
-                                                       if len(bad) > 5 else "")
-
-
-def _assert_scalars_close(got: dict, want: dict, roundoff: Dict[str, float],
+def _assert_scalars_close(got: dict, want: dict, allowance: Dict[str, float],
                           what: str) -> None:
   """Loss and gradient norm within the round-off allowance; the rest exactly."""
   for key in ("loss", "grad_norm"):
-    tol = SCALAR_FACTOR * roundoff[key] + 2 * float(_ulp(want[key]))
-    assert abs(got[key] - want[key]) <= tol, \
-        f"{what}: {key} {got[key]!r} vs {want[key]!r} (tolerance {tol:.3g})"
+    roundoff.assert_scalar_close(got[key], want[key], allowance[key], f"{what}: {key}")
   for key in ("learning_rate", "loss_tokens", "skipped_updates"):
     assert got[key] == want[key], f"{what}: {key} {got[key]!r} vs {want[key]!r}"
 
@@ -397,9 +363,9 @@ def test_sigkill_between_checkpoints_then_resume_is_bitwise_identical(restarts, 
 
 def test_sharded_step_matches_single_device(worker):
   r = worker.result()
-  roundoff = _scalar_roundoff(r)
+  allowance = _scalar_roundoff(r)
   for step, (got, want) in enumerate(zip(r["sharded"]["metrics"], r["single"]["metrics"]), 1):
-    _assert_scalars_close(got, want, roundoff, f"step {step}")
+    _assert_scalars_close(got, want, allowance, f"step {step}")
   _assert_roundoff_close(r["sharded"]["params"], r["single"]["params"],
                          r["single_permuted"]["params"], r["single"]["params"],
                          "params after 3 steps, data=2 fsdp=2 tensor=2 vs one device")
@@ -522,9 +488,9 @@ def test_two_processes_of_four_devices_match_one_of_eight(full_run, worker, tmp_
   got, want = _metrics(workdir), _metrics(full_run)
   assert [m["step"] for m in got] == [m["step"] for m in want]
   r = worker.result()
-  roundoff = _scalar_roundoff(r)
+  allowance = _scalar_roundoff(r)
   for g, w in zip(got, want):
-    _assert_scalars_close(g, w, roundoff, f"step {g['step']}")
+    _assert_scalars_close(g, w, allowance, f"step {g['step']}")
   last = OVERRIDES["total_steps"]
   final_got, final_want = _load_state(workdir, last), _load_state(full_run, last)
   params = lambda state: {k: v for k, v in state.items() if k.startswith("params/")}

@@ -1,9 +1,10 @@
 """uint8 crops normalised on the device: the same floats, and the same training step, as the
 float32 crops the host used to normalise (bliperax/data/pixels.py).
 
-Exactness is the claim throughout (bit for bit, no tolerance): a pixel has 256 values,
-each looked up in one table on host and device, and a training step is a deterministic
-function of the floats it reads.
+Exactness is the claim for the pixels and the forward (bit for bit, no tolerance): a
+pixel has 256 values, each looked up in one table on host and device. The whole
+training step is compared to round-off (tests/roundoff.py): with the lookup inside it,
+it is another XLA program, whose backward XLA may fuse and order differently.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+import roundoff
 
 from bliperax.convert import layout
 from bliperax.convert import params_io
@@ -142,10 +145,16 @@ def test_training_loss_on_the_golden_batch_is_bit_identical_to_host_float_crops(
 
 
 @pytest.mark.slow  # two compiles of the whole step (forward, backward, Adam)
-def test_training_step_on_the_golden_batch_is_bit_identical_to_host_float_crops(
+def test_training_step_on_the_golden_batch_matches_host_float_crops_to_round_off(
     golden_batches):
-  """The whole jitted training step: the same loss, gradient norm and updated parameters,
-  bit for bit."""
+  """The whole jitted training step on uint8 crops vs on the host's float32 crops: the
+  same loss bit for bit (the forward reads the same floats), and a gradient norm and
+  updated parameters within the round-off of a row permutation (tests/roundoff.py).
+
+  Not bit for bit: the two are different XLA programs (one gathers its pixels from
+  the table), and XLA may fuse and order the backward's reductions differently in
+  each; it did once the projections became 2-D products (1 ulp on the gradient norm).
+  """
   cfg, params, uint8_batch, float_batch = golden_batches
   model = XGenMM(cfg)
   tx = optax.apply_if_finite(optax.adam(1e-3), max_consecutive_errors=1)
@@ -153,11 +162,31 @@ def test_training_step_on_the_golden_batch_is_bit_identical_to_host_float_crops(
   trainable = jax.tree.map(lambda _: True, params)
   step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, accum_steps=1,
                                          lr_schedule=lambda _: 1e-3, trainable=trainable))
-  new_u8, metrics_u8 = jax.device_get(step(state, uint8_batch))
-  new_f32, metrics_f32 = jax.device_get(step(state, float_batch))
+  permuted_batch = {k: v[::-1] for k, v in float_batch.items()}  # rows swapped
+  (new_u8, metrics_u8), (new_f32, metrics_f32), (new_perm, metrics_perm) = (
+      jax.device_get(step(state, b)) for b in (uint8_batch, float_batch, permuted_batch))
   assert np.isfinite(metrics_u8["loss"]) and metrics_u8["loss_tokens"] > 0
-  for name in ("loss", "grad_norm"):
-    assert _bits(metrics_u8[name]) == _bits(metrics_f32[name]), name
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new_u8.params),
-                          jax.tree.leaves(new_f32.params)):
-    np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=jax.tree_util.keystr(path))
+  assert _bits(metrics_u8["loss"]) == _bits(metrics_f32["loss"])
+  roundoff.assert_scalar_close(
+      float(metrics_u8["grad_norm"]), float(metrics_f32["grad_norm"]),
+      abs(float(metrics_perm["grad_norm"]) - float(metrics_f32["grad_norm"])), "grad_norm")
+  flat = lambda p: {jax.tree_util.keystr(k): np.asarray(v, np.float64)
+                    for k, v in jax.tree_util.tree_leaves_with_path(p)}
+  before, got, single, permuted = (flat(p) for p in (params, new_u8.params, new_f32.params,
+                                                      new_perm.params))
+  # Adam moves a parameter by ~lr where its gradient is well above eps (1e-8), and by
+  # lr·|g|/eps where it is below. Some gradients are zero in exact arithmetic (the
+  # ViT's pooling head, which xGen-MM does not use; its key biases, as a softmax does
+  # not see a shift shared by all keys), so each run's step there is nothing or
+  # round-off noise over eps, which no permutation bounds: those tensors must only
+  # stay that small (under lr/100) in the uint8 run too.
+  lr = 1e-3
+  noise = {k for k in single if np.max(np.abs(single[k] - before[k])) < lr / 100}
+  assert noise != set(single)
+  for k in noise:
+    assert np.max(np.abs(got[k] - before[k])) < lr / 100, k
+  kept = lambda d: {k: v for k, v in d.items() if k not in noise}
+  roundoff.assert_close(kept(got), kept(single), kept(permuted), kept(single),
+                        "parameters after one step")
+  # and the step did something the bound would see: the parameters moved far more.
+  assert roundoff.max_diff(single, before) > 100 * roundoff.max_diff(permuted, single)
