@@ -25,6 +25,8 @@ thousands of elements that does not swing with one element:
 
   ||got - want|| <= PARAM_FACTOR * ||permuted - one device|| + 2 * ||ulp||
 
+(the factors and helpers live in tests/roundoff.py, shared with test_uint8_crops.py)
+
 Sharding reorders several reductions where a permutation reorders one (batch, fsdp
 and tensor partial sums, cross-process collectives), hence the factor; measured,
 the ratio was at most 1.5 for every tensor. A real bug is five orders of magnitude
@@ -59,9 +61,6 @@ OVERRIDES = {"total_steps": 6, "checkpoint_every": 4, "train.seq_len": 24,
              "mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2}
 # Metrics that are functions of the computation (not of wall time).
 EXACT_KEYS = ("loss", "grad_norm", "learning_rate", "loss_tokens", "skipped_updates")
-# How many times the round-off of a permuted batch a reordered computation may differ
-# by: sharding reorders several reductions at once (see the module docstring).
-PARAM_FACTOR, SCALAR_FACTOR = roundoff.PARAM_FACTOR, roundoff.SCALAR_FACTOR  # tests/roundoff.py
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -172,10 +171,6 @@ def _load_state(workdir: pathlib.Path, step: int) -> Dict[str, np.ndarray]:
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
   return _flat(checkpointer.restore(
       path, args=ocp.args.PyTreeRestore(restore_args=restore_args)))
-
-
-_ulp, _max_diff, _norm = roundoff.ulp, roundoff.max_diff, roundoff.norm
-_roundoff_violations, _assert_roundoff_close = roundoff.violations, roundoff.assert_close
 
 
 def _assert_scalars_close(got: dict, want: dict, allowance: Dict[str, float],
@@ -366,12 +361,12 @@ def test_sharded_step_matches_single_device(worker):
   allowance = _scalar_roundoff(r)
   for step, (got, want) in enumerate(zip(r["sharded"]["metrics"], r["single"]["metrics"]), 1):
     _assert_scalars_close(got, want, allowance, f"step {step}")
-  _assert_roundoff_close(r["sharded"]["params"], r["single"]["params"],
-                         r["single_permuted"]["params"], r["single"]["params"],
-                         "params after 3 steps, data=2 fsdp=2 tensor=2 vs one device")
+  roundoff.assert_close(r["sharded"]["params"], r["single"]["params"],
+                        r["single_permuted"]["params"], r["single"]["params"],
+                        "params after 3 steps, data=2 fsdp=2 tensor=2 vs one device")
   # The steps really moved the (trainable) parameters.
-  reference = _max_diff(r["single_permuted"]["params"], r["single"]["params"])
-  assert _max_diff(r["single"]["params"], r["init_params"]) > 100 * reference
+  reference = roundoff.max_diff(r["single_permuted"]["params"], r["single"]["params"])
+  assert roundoff.max_diff(r["single"]["params"], r["init_params"]) > 100 * reference
 
 
 def test_parameter_shardings_follow_the_rules(worker):
@@ -433,9 +428,9 @@ def test_gradient_accumulation_matches_one_big_batch(worker):
   r = worker.result()
   _assert_scalars_close(r["accum"]["metrics"], r["step2"]["metrics"], _scalar_roundoff(r),
                         "2 micro-batches vs 1 batch")
-  _assert_roundoff_close(r["accum"]["params"], r["step2"]["params"],
-                         r["step2_permuted"]["params"], r["step2"]["params"],
-                         "params after an accumulated step vs one batch")
+  roundoff.assert_close(r["accum"]["params"], r["step2"]["params"],
+                        r["step2_permuted"]["params"], r["step2"]["params"],
+                        "params after an accumulated step vs one batch")
 
 
 def test_round_off_bound_catches_a_lost_shard(worker):
@@ -452,7 +447,7 @@ def test_round_off_bound_catches_a_lost_shard(worker):
   # rows of the image tokens do not move).
   moved = {k for k in single if not np.array_equal(single[k], r["init_params"][k])}
   assert len(moved) > 40
-  caught = {line.split(":")[0] for line in _roundoff_violations(lost, single, permuted, single)}
+  caught = {line.split(":")[0] for line in roundoff.violations(lost, single, permuted, single)}
   assert caught == moved, f"missed: {sorted(moved - caught)}; extra: {sorted(caught - moved)}"
 
 
@@ -496,10 +491,10 @@ def test_two_processes_of_four_devices_match_one_of_eight(full_run, worker, tmp_
   params = lambda state: {k: v for k, v in state.items() if k.startswith("params/")}
   # The reference: the same number of steps, permuted vs not, on one device.
   prefixed = lambda flat: {f"params/{k}": v for k, v in flat.items()}
-  _assert_roundoff_close(params(final_got), params(final_want),
-                         prefixed(r["single_permuted_all_steps"]["params"]),
-                         prefixed(r["single_all_steps"]["params"]),
-                         f"params after {last} steps, 2 x 4 vs 1 x 8 devices")
+  roundoff.assert_close(params(final_got), params(final_want),
+                        prefixed(r["single_permuted_all_steps"]["params"]),
+                        prefixed(r["single_all_steps"]["params"]),
+                        f"params after {last} steps, 2 x 4 vs 1 x 8 devices")
 
 
 def test_restore_onto_a_different_mesh(full_run):

@@ -88,17 +88,6 @@ class Phi3MLP(nn.Module):
   num: Numerics
 
   @nn.compact
-  def _mlp(self, x: Array) -> Array:
-    kw = dict(use_bias=False, dtype=self.num.dtype, param_dtype=self.num.param_dtype)
-    if self.has_variable("params", "gate_up_proj"):  # fuse_projections' form (decoding)
-      gate, up = jnp.split(layers.Dense(2 * self.cfg.mlp_dim, ("embed", "mlp"),
-                                        name="gate_up_proj", **kw)(x), 2, axis=-1)
-    else:
-      gate = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="gate_proj", **kw)(x)
-      up = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up_proj", **kw)(x)
-    return layers.Dense(self.cfg.width, ("mlp", "embed"), name="down_proj", **kw)(
-        up * jax.nn.silu(gate))
-
   def __call__(self, x: Array) -> Array:
     """x [B, T, D] -> [B, T, D], the products on x as [B·T, D] rows.
 
@@ -109,8 +98,17 @@ class Phi3MLP(nn.Module):
     with the attention projections done the same way. The merge is of leading axes
     only, so a batch sharded over `data`/`fsdp` stays sharded the same way.
     """
-    lead = x.shape[:-1]
-    return self._mlp(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+    kw = dict(use_bias=False, dtype=self.num.dtype, param_dtype=self.num.param_dtype)
+    rows = x.reshape(-1, x.shape[-1])
+    if self.has_variable("params", "gate_up_proj"):  # fuse_projections' form (decoding)
+      gate, up = jnp.split(layers.Dense(2 * self.cfg.mlp_dim, ("embed", "mlp"),
+                                        name="gate_up_proj", **kw)(rows), 2, axis=-1)
+    else:
+      gate = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="gate_proj", **kw)(rows)
+      up = layers.Dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up_proj", **kw)(rows)
+    out = layers.Dense(self.cfg.width, ("mlp", "embed"), name="down_proj", **kw)(
+        up * jax.nn.silu(gate))
+    return out.reshape(x.shape[:-1] + out.shape[1:])
 
 
 # fused name -> (parts, the kernel axis they are stacked on, counted from the end).
@@ -144,7 +142,7 @@ def fuse_projections(decoder_params: dict) -> dict:
         out[fused] = {"kernel": jnp.concatenate([out.pop(p)["kernel"] for p in parts],
                                                 axis=axis)}
     return out
-  return visit(dict(decoder_params))
+  return visit(decoder_params)
 
 
 class Phi3Block(nn.Module):
