@@ -9,7 +9,7 @@ from bliperax.convert import layout
 from bliperax.data import batch as batch_lib
 from bliperax.data import batch_spec
 from bliperax.infer import generate as generate_lib
-from bliperax.models import phi3, presets, xgenmm
+from bliperax.models import layers, phi3, presets, xgenmm
 
 # float32 round-off over a few tiny layers (values of order 1): a wrong mask or a
 # wrong position changes outputs by O(0.1) and more.
@@ -102,6 +102,26 @@ def test_kv_cache_decoding_equals_full_recomputation(preset, scan):
   step_logits, _ = generate_lib._forward(cfg, params, cache, {
       k: jnp.asarray(v) for k, v in batch_spec.model_inputs(prompt).items()})
   np.testing.assert_allclose(np.asarray(step_logits), logits[:, t - 1], atol=ATOL, rtol=0)
+
+
+def test_cached_attention_equals_dot_product_attention():
+  """The decode path's attention over a [B·K, S, H] cache == jax.nn's over [B, S, K, H]:
+  grouped heads (N = 3K), several queries, and a query row with every key masked
+  (jax.nn's masked value gives it the mean of the values; so must the cache path)."""
+  b, t, s, n, k, h = 2, 3, 7, 6, 2, 8
+  q, keys, values = (jax.random.uniform(jax.random.PRNGKey(i), shape, minval=-1, maxval=1)
+                     for i, shape in enumerate([(b, t, n, h), (b, s, k, h), (b, s, k, h)]))
+  mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.6, (b, 1, t, s)).at[1, 0, 2].set(False)
+  to_cache = lambda x: x.transpose(0, 2, 1, 3).reshape(b * k, s, h)
+  got = layers.cached_attention(q, to_cache(keys), to_cache(values), mask)
+  want = layers.dot_product_attention(q, keys, values, mask)
+  # Same float32 operations; only the products' summation order may differ. With
+  # |q|, |k|, |v| <= 1: a logit's error <= h ulp(h), an output's <= (h + s) ulp(1) more.
+  eps = float(np.finfo(np.float32).eps)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                             atol=4 * (h * h + s) * eps)
+  np.testing.assert_allclose(np.asarray(got)[1, 2], np.asarray(values)[1].mean(0)
+                             .repeat(n // k, axis=0), rtol=0, atol=4 * s * eps)
 
 
 def test_padding_does_not_change_valid_logits():

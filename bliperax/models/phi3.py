@@ -58,24 +58,30 @@ class Phi3Attention(nn.Module):
       k, v, k_segments, q_slots, k_slots = self._use_cache(k, v, segment_ids)
     mask = layers.attention_mask(q_slots, k_slots, segment_ids, k_segments, causal=True,
                                  window=c.sliding_window)
-    out = layers.dot_product_attention(q, k, v, mask, num.attention_impl)
+    if self.decode:
+      out = layers.cached_attention(q, k, v, mask)
+    else:
+      out = layers.dot_product_attention(q, k, v, mask, num.attention_impl)
     return unflatten(layers.Dense(c.width, ("heads", "head_dim", "embed"), contract=2,
                                   name="o_proj", **kw)(out.reshape((-1,) + out.shape[2:])))
 
   def _use_cache(self, k: Array, v: Array, segment_ids: Array):
-    """Writes k, v [B, t, K, H] at the cache index; returns the whole cache and slots."""
+    """Writes k, v [B, t, K, H] at the cache index; returns the whole cache, as
+    [B·K, S, H] (`layers.cached_attention`'s layout), and the slots."""
     initialized = self.has_variable("cache", "cached_key")
+    b, t, kv_heads, h = k.shape
+    # [B, t, K, H] -> [B·K, t, H]
+    k, v = (y.transpose(0, 2, 1, 3).reshape(b * kv_heads, t, h) for y in (k, v))
     # At init the input's length is the cache length (S).
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
     cs = self.variable("cache", "cached_segments", jnp.zeros, segment_ids.shape, jnp.int32)
     ci = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
-    t = k.shape[1]
     if not initialized:  # shape-only init call: behave like a full forward
       return k, v, segment_ids, jnp.arange(t), jnp.arange(t)
     idx = ci.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, idx, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, idx, 0, 0))
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, idx, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, idx, 0))
     cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
     ci.value = idx + t
     s = ck.value.shape[1]
