@@ -210,7 +210,8 @@ def test_greedy_token_is_argmax_with_ties_infinities_and_nan():
 def test_streaming_sees_every_token_and_decodes_the_same(temperature):
   """on_token gets each step's tokens in order while the device loop runs, and the
   tokens equal a call without a callback: greedy and sampled, with rows that end early
-  (then padded, and no all-pad step is streamed after every row has ended)."""
+  (then padded, and no all-pad step is streamed after every row has ended). The token
+  arrays handed over stay valid when kept (on CPU they come from XLA's own buffers)."""
   cfg = presets.get("tiny_gqa")
   params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
   prompt = _random_batch(cfg, 7, side="left")
@@ -225,7 +226,7 @@ def test_streaming_sees_every_token_and_decodes_the_same(temperature):
     looped = generate_lib.generate(params, cfg, prompt, 8, **kwargs)
     stepped = generate_lib.generate(
         params, cfg, prompt, 8, **kwargs,
-        on_token=lambda step, tokens: streamed.append((step, tokens.copy())))
+        on_token=lambda step, tokens: streamed.append((step, tokens)))  # kept, no copy
     np.testing.assert_array_equal(looped, stepped)
     assert [step for step, _ in streamed] == list(range(len(streamed)))
     np.testing.assert_array_equal(np.stack([t for _, t in streamed], axis=1),
@@ -236,9 +237,16 @@ def test_streaming_sees_every_token_and_decodes_the_same(temperature):
   assert len(streamed) <= 2  # all_end: every row ended by step 1, nothing streamed after
 
 
-def test_streaming_callback_stops_and_raises():
+@pytest.mark.parametrize("host_call", ["default", "io_callback"])
+def test_streaming_callback_stops_and_raises(host_call, monkeypatch, request):
   """on_token returning True ends the decode after that step; an exception in it stops
-  the decode and reaches the caller."""
+  the decode and reaches the caller. Through the CPU's buffer callback and through the
+  io_callback that accelerators (and older JAX releases) use."""
+  if host_call == "io_callback":
+    monkeypatch.setattr(generate_lib, "_buffer_callback", None)
+    # pylint: disable=protected-access
+    generate_lib._decode_loop.clear_cache()  # compiled loops hold the other host call
+    request.addfinalizer(generate_lib._decode_loop.clear_cache)
   cfg = presets.get("tiny")
   params = jax.device_get(nn.meta.unbox(xgenmm.init_params(cfg, jax.random.PRNGKey(4))))
   prompt = _random_batch(cfg, 7, side="left")
