@@ -159,7 +159,11 @@ def test_compilation_cache_defaults_to_the_user_cache_and_can_be_turned_off(tmp_
   env = {"XDG_CACHE_HOME": str(tmp_path)}
   assert cli_lib.use_compilation_cache(env) == str(tmp_path / "bliperax" / "jax")
   assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "bliperax" / "jax")
+  assert float(env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]) == cli_lib.MIN_CACHED_COMPILE_S
   mine = {"JAX_COMPILATION_CACHE_DIR": "gs://bucket/cache", "XDG_CACHE_HOME": str(tmp_path)}
   assert cli_lib.use_compilation_cache(mine) == "gs://bucket/cache"  # the user's wins
+  theirs = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "5"}
+  cli_lib.use_compilation_cache(theirs)
+  assert theirs["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "5"  # and their threshold
   off = {"BLIPERAX_COMPILATION_CACHE": "0"}
   assert cli_lib.use_compilation_cache(off) is None and "JAX_COMPILATION_CACHE_DIR" not in off
