@@ -141,7 +141,7 @@ def _decode_loop(cfg: XGenMMConfig, params, cache, logits, position, rng, stream
   """
   b = logits.shape[0]
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
-  if fuses_projections():
+  if fuses_projections() and steps > 1:  # one step runs no forward: nothing to join for
     params = {**params, "lm": {**params["lm"],
                                "decoder": phi3.fuse_projections(params["lm"]["decoder"])}}
 
