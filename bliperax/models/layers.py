@@ -132,9 +132,7 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # [H/2]
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, H]
-  # The barrier keeps XLA from fusing cos and sin into the products below, where it
-  # recomputed them for every head (N times over).
-  cos, sin = jax.lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
   xf = x.astype(jnp.float32)
   x1, x2 = jnp.split(xf, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
