@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-try:  # JAX 0.7 and later
+try:  # recent JAX releases (an experimental API)
   from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
 except ImportError:  # pragma: no cover
   _buffer_callback = None
@@ -72,7 +72,7 @@ def _host_call(packed: jax.Array) -> jax.Array:
 
   On CPU through buffer_callback, which hands the callback XLA's own host buffers.
   io_callback first wraps its operands into jax Arrays (`jax.device_put`), Python work
-  that cost 0.4-0.5 ms a token on a 2-core host, ~15% of a `small` decode step; the
+  that cost 0.4-0.5 ms a token on a 2-core host, ~12% of a `small` decode step; the
   buffer callback costs too little to measure there. Elsewhere (accelerator buffers;
   JAX releases without buffer_callback) through an ordered io_callback. Either way
   the calls come in step order: each step's call feeds the loop's condition.
