@@ -116,7 +116,9 @@ def test_cached_attention_equals_dot_product_attention():
   got = layers.cached_attention(q, to_cache(keys), to_cache(values), mask)
   want = layers.dot_product_attention(q, keys, values, mask)
   # Same float32 operations; only the products' summation order may differ. With
-  # |q|, |k|, |v| <= 1: a logit's error <= h ulp(h), an output's <= (h + s) ulp(1) more.
+  # |q|, |k|, |v| <= 1 a logit sums h terms of partial sums <= h: its error <= h^2 eps,
+  # which moves a softmax-weighted mean of |v| <= 1 by at most twice that; summing the
+  # s weighted values adds <= s eps. Hence 4 (h^2 + s) eps.
   eps = float(np.finfo(np.float32).eps)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
                              atol=4 * (h * h + s) * eps)
