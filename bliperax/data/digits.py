@@ -58,6 +58,11 @@ QUESTIONS = {
     "read": "Read the number.",
 }
 HELDOUT_FRACTION = 0.2
+# Each shard set draws from its own generator, seeded with `write_dataset`'s seed plus
+# this offset, so that a set's draws can be replayed from digits.json alone
+# (`sum_digits`, for tools/digits_errors.py).
+SEED_OFFSETS = {"train/sum": 1, "train/read": 2, "heldout/sum": 3, "heldout/read": 4,
+                "train/caption": 5, "train/sum_moved": 6}
 # Caption wordings; {name} is "seven", {digit} is "7".
 CAPTIONS = (
     "A handwritten digit {name}.",
@@ -151,17 +156,29 @@ def vqa_samples(split: Split) -> Iterator[schema.Chat]:
     yield _chat("vqa", [png(digit_image(pixels))], str(int(label)), f"vqa-{i}")
 
 
+def _sum_pick(rng: np.random.Generator, split: Split) -> np.ndarray:
+  """Indices of a sum's 2–3 distinct digits: int[n]."""
+  return rng.choice(len(split.labels), size=int(rng.integers(2, 4)), replace=False)
+
+
 def sum_samples(split: Split, num: int, seed: int, jittered: bool = False
                 ) -> Iterator[schema.Chat]:
   """`num` samples of 2–3 random images of the split and their sum; `jittered`: each
   digit moved, turned and scaled (`jitter`), ids `sum-moved-<i>`."""
   rng = np.random.default_rng(seed)
   for i in range(num):
-    pick = rng.choice(len(split.labels), size=int(rng.integers(2, 4)), replace=False)
+    pick = _sum_pick(rng, split)
     images = [png(digit_image(split.images[j], rng=rng if jittered else None))
               for j in pick]
     yield _chat("sum", images, str(int(split.labels[pick].sum())),
                 f"sum-moved-{i}" if jittered else f"sum-{i}")
+
+
+def sum_digits(split: Split, num: int, seed: int) -> list[np.ndarray]:
+  """Indices into `split` of the digits of `sum_samples(split, num, seed)` (unjittered:
+  its generator draws only the picks), in sample order: `num` int[n] arrays."""
+  rng = np.random.default_rng(seed)
+  return [_sum_pick(rng, split) for _ in range(num)]
 
 
 def read_samples(split: Split, num: int, seed: int) -> Iterator[schema.Chat]:
@@ -191,16 +208,17 @@ def write_dataset(out: str | pathlib.Path, num_sum: int = 6000, num_read: int = 
   train, held = load_splits(seed)
   counts = {"train": {}, "heldout": {}}
   train_sets = {
-      "caption": caption_samples(train, caption_copies, seed + 5),
+      "caption": caption_samples(train, caption_copies, seed + SEED_OFFSETS["train/caption"]),
       "vqa": vqa_samples(train),
-      "sum": sum_samples(train, num_sum, seed + 1),
-      "read": read_samples(train, num_read, seed + 2),
-      "sum_moved": sum_samples(train, num_moved, seed + 6, jittered=True),
+      "sum": sum_samples(train, num_sum, seed + SEED_OFFSETS["train/sum"]),
+      "read": read_samples(train, num_read, seed + SEED_OFFSETS["train/read"]),
+      "sum_moved": sum_samples(train, num_moved, seed + SEED_OFFSETS["train/sum_moved"],
+                               jittered=True),
   }
   held_sets = {
       "vqa": vqa_samples(held),
-      "sum": sum_samples(held, num_heldout, seed + 3),
-      "read": read_samples(held, num_heldout, seed + 4),
+      "sum": sum_samples(held, num_heldout, seed + SEED_OFFSETS["heldout/sum"]),
+      "read": read_samples(held, num_heldout, seed + SEED_OFFSETS["heldout/read"]),
   }
   for split_name, sets in (("train", train_sets), ("heldout", held_sets)):
     for task, samples in sets.items():
