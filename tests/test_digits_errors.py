@@ -77,7 +77,8 @@ def test_wrong_sums_are_sorted_into_reading_and_adding(data):
   _, held, sums = data
   misread = int(sums[0][0])
   adding = next(i for i in range(1, NUM_HELDOUT) if misread not in sums[i])
-  report = _tool().analyse(_evaluation(held, sums, misread, adding), "eval.json", held, sums)
+  report = _tool().analyse(_evaluation(held, sums, misread, adding), "eval.json", held, sums,
+                           "data")
   assert report["wrong_sums"] == {"adding": 1, "own_reading": 1, "other": 0}
   with_misread = sum(misread in s for s in sums)
   assert report["sums_all_digits_read"] == (NUM_HELDOUT - with_misread) / NUM_HELDOUT

@@ -39,19 +39,20 @@ flags.mark_flags_as_required(["data", "eval"])
 
 
 def _predictions(evaluation: dict, task: str, path: str) -> dict[int, tuple[str, str]]:
-  """{sample index: (true answer, prediction)} of `task`'s held-out questions."""
+  """{sample index: (true answer, prediction)} of `task`'s held-out questions, compared
+  as evaluate compares them (exact match, nothing stripped)."""
   if task not in evaluation.get("tasks", {}):
     raise ValueError(f"{path}: no {task!r} task (evaluate with --tasks=vqa,sum or the "
                      "digits config's default tasks)")
   out = {}
   for p in evaluation["tasks"][task]["predictions"]:
-    out[int(p["id"].rsplit("-", 1)[1])] = (p["answer"], p["prediction"].strip())
+    out[int(p["id"].rsplit("-", 1)[1])] = (p["answer"], p["prediction"])
   return out
 
 
-def analyse(evaluation: dict, path: str, held, sums: list) -> dict:
+def analyse(evaluation: dict, path: str, held, sums: list, data: str) -> dict:
   """The breakdown of one evaluation (module docstring); `held` the held-out Split,
-  `sums[i]` the indices of held-out sum i's digits."""
+  `sums[i]` the indices of held-out sum i's digits, replayed from the folder `data`."""
   reads = _predictions(evaluation, "vqa", path)
   answers = _predictions(evaluation, "sum", path)
   misread = {i for i, (answer, read) in reads.items() if read != answer}
@@ -60,26 +61,26 @@ def analyse(evaluation: dict, path: str, held, sums: list) -> dict:
   for i, (answer, prediction) in sorted(answers.items()):
     if i >= len(sums):
       raise ValueError(f"{path}: sum-{i} is not among the {len(sums)} held-out sums of "
-                       f"{_DATA.value}")
-    digits_i = sums[i]
+                       f"{data}")
+    digits_i = sums[i].tolist()
     if int(answer) != int(held.labels[digits_i].sum()):
       raise ValueError(f"{path}: sum-{i}'s answer {answer} is not the sum of the digits "
-                       f"replayed from {_DATA.value}/digits.json: another data folder?")
-    missing = [int(j) for j in digits_i if int(j) not in reads]
+                       f"replayed from {data}/digits.json: another data folder?")
+    missing = [j for j in digits_i if j not in reads]
     if missing:
       raise ValueError(f"{path}: no vqa answer for held-out digit(s) {missing}")
     right = prediction == answer
     count = by_digits.setdefault(str(len(digits_i)), [0, 0])
     count[0] += right
     count[1] += 1
-    read_right = not any(int(j) in misread for j in digits_i)
+    read_right = misread.isdisjoint(digits_i)
     all_read += read_right
     if right:
       continue
     if read_right:
       wrong["adding"] += 1
-    elif all(reads[int(j)][1].isdigit() for j in digits_i) and prediction == str(
-        sum(int(reads[int(j)][1]) for j in digits_i)):
+    elif all(reads[j][1].isdigit() for j in digits_i) and prediction == str(
+        sum(int(reads[j][1]) for j in digits_i)):
       wrong["own_reading"] += 1
     else:
       wrong["other"] += 1
@@ -120,7 +121,7 @@ def main(argv):
   for path in _EVAL.value:
     try:
       evaluation = json.loads(pathlib.Path(path).read_text())
-      print(json.dumps(analyse(evaluation, path, held, sums)), flush=True)
+      print(json.dumps(analyse(evaluation, path, held, sums, _DATA.value)), flush=True)
     except (OSError, ValueError, KeyError) as e:
       cli.fail(f"{path}: {e}" if path not in str(e) else str(e))
   print(json.dumps(reference_reader(train, held)))
